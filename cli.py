@@ -1,0 +1,153 @@
+"""``sma-guide``: transfer the motion of a video to new content described by a prompt.
+
+    sma-guide input.mp4 --prompt "a car driving in a forest"          # writes input.sma.mp4 + input.sma.json
+    sma-guide input.mp4 --prompt "..." --model tiny-random -o out.mp4  # seconds on a CPU (output is noise)
+
+Every default comes from :class:`sma_guidance.config.SMAConfig` (DMT's published settings for Zeroscope,
+SMA's λg = 0.4, λl = 0.2), overridden in turn by the model's preset, ``--config FILE`` and the flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sma_guidance.config import SMAConfig, write_run_record
+from sma_guidance.errors import UserError
+
+# CLI flag -> SMAConfig field, for the flags whose names differ from the field.
+FLAG_FIELDS = {
+    "frames": "num_frames",
+    "steps": "num_inference_steps",
+}
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument may be the input video: ``sma-guide IN ...`` means ``sma-guide run IN ...``."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sma-guide")
+def main() -> None:
+    """Zero-shot video motion transfer with Spectral Motion Alignment (SMA) on DMT.
+
+    Usage: sma-guide INPUT --prompt TEXT [options]   (see `sma-guide run --help`)
+    """
+
+
+def _default_output(input_path: Path) -> Path:
+    base = input_path.name if input_path.is_dir() else input_path.stem
+    return input_path.parent / f"{base or 'output'}.sma.mp4"
+
+
+def _record_path(output: Path) -> Path:
+    return output.with_suffix(".json")
+
+
+@main.command("run")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", required=True, help="Target prompt: what the output shows.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output video (.mp4 or .gif). [default: INPUT.sma.mp4]")
+@click.option("--source-prompt", help='Prompt describing the input (inversion and reference features). [default: ""]')
+@click.option("--negative-prompt", help="Negative prompt for classifier-free guidance. [default: DMT's]")
+@click.option("--model", help="Hub id, local diffusers folder, or tiny-random. [default: cerspense/zeroscope_v2_576w]")
+@click.option("--frames", type=int, help="Frames resampled from the input. [default: 24]")
+@click.option("--height", type=int, help="Output height, a multiple of 8. [default: 320]")
+@click.option("--width", type=int, help="Output width, a multiple of 8. [default: 576]")
+@click.option("--steps", type=int, help="DDIM sampling steps. [default: 50]")
+@click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: 999]")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance scale. [default: 10]")
+@click.option("--guidance-fraction", type=float, help="Share of the first steps with latent optimization. [default: 0.4]")
+@click.option("--optimization-steps", type=int, help="Adam steps on the latent per guided step. [default: 10]")
+@click.option("--lambda-global", type=float, help="Weight of the global (Haar wavelet) motion term. [default: 0.4]")
+@click.option("--lambda-local", type=float, help="Weight of the local (FFT) motion term. [default: 0.2]")
+@click.option("--levels", type=int, help="Haar wavelet levels. [default: deepest valid for the frame count]")
+@click.option("--delta", type=float, help="Exponent δ of the low-frequency weights. [default: 0.05]")
+@click.option("--restart/--no-restart", "restart_sampling", default=None, help="DMT's restart sampling. [default: on]")
+@click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
+@click.option("--fps", type=float, help="Output frame rate. [default: keeps the input's duration]")
+@click.option("--seed", type=int, help="Random seed. [default: 0]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields (or a saved run's JSON).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run_command(input_path: Path, prompt: str, output: Path | None, config_file: Path | None, quiet: bool, **flags: Any) -> None:
+    """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
+    try:
+        _run(input_path, prompt, output, config_file, quiet, flags)
+    except UserError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written", err=True)
+        sys.exit(130)
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
+    """Defaults ← model preset ← ``--config`` file ← flags, validated."""
+    file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
+    fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
+    if "cache_dir" in fields:
+        fields["cache_dir"] = str(fields["cache_dir"])
+    model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
+    file_values.pop("model", None)
+    return SMAConfig.for_model(model, **file_values).replace(**fields).validate()
+
+
+def _run(
+    input_path: Path, prompt: str, output: Path | None, config_file: Path | None, quiet: bool, flags: dict[str, Any]
+) -> None:
+    from sma_guidance.video_io import check_output_path, export_to_video, read_frames
+
+    config = build_config(config_file, flags)
+    if not prompt.strip():
+        raise UserError("--prompt is empty; describe what the output should show")
+    if not input_path.exists():
+        raise UserError(f"input not found: {input_path} — check the path")
+    read_frames(input_path)  # fail on a bad input before the (slow) model load
+    output = check_output_path(output or _default_output(input_path), input_path)
+    record_path = check_output_path_record(_record_path(output), input_path)
+
+    from pipelines import SMAMotionTransferPipeline
+
+    pipe = SMAMotionTransferPipeline.load(config.model, device=config.device, dtype=config.dtype)
+    pipe.set_progress_bar_config(disable=quiet)
+    result = pipe(video=input_path, prompt=prompt, config=config)
+    written = export_to_video(result.frames[0], output, fps=result.fps)
+    write_run_record(
+        record_path,
+        {
+            "input": str(input_path),
+            "output": str(written),
+            "prompt": prompt,
+            "fps": result.fps,
+            "config": result.config,
+            "loss_history": result.loss_history,
+            "timings": result.timings,
+        },
+    )
+    if not quiet:
+        click.echo(f"wrote {written} and {record_path}")
+
+
+def check_output_path_record(path: Path, input_path: Path) -> Path:
+    """The JSON beside the output must not clobber the input either."""
+    if path.exists() and input_path.exists() and os.path.samefile(path, input_path):
+        raise UserError(f"the run record {path} would overwrite the input; choose another -o")
+    return path
+
+
+if __name__ == "__main__":
+    main()

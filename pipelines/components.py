@@ -1,0 +1,212 @@
+"""Model components: the real diffusers loaders with actionable errors, and a tiny random model.
+
+``tiny-random`` builds the same classes Zeroscope uses (``UNet3DConditionModel``, ``AutoencoderKL``,
+``CLIPTextModel`` + ``CLIPTokenizer``, ``DDIMScheduler``) at toy size with seeded random weights, in
+code, without any download. Its output is noise: it exists so that the whole pipeline runs on a CPU in
+seconds, in tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from sma_guidance.errors import UserError
+
+TINY_RANDOM = "tiny-random"
+
+# Zeroscope's scheduler (scheduler/scheduler_config.json of cerspense/zeroscope_v2_576w).
+ZEROSCOPE_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2/CLIP's reversible map of the 256 bytes to printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def build_tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer over single bytes (no merges): every text tokenizes, nothing is downloaded."""
+    alphabet = _byte_level_alphabet()
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def build_tiny_random(seed: int = 0) -> dict[str, Any]:
+    """Components of a toy Zeroscope-shaped model with seeded random weights (≈1 M parameters).
+
+    The VAE downsamples by 8 like Zeroscope's; the UNet has three blocks so that decoder block 1
+    has the resnets, temporal convolutions and upsampler that DMT records.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tokenizer = build_tiny_tokenizer()
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+        )
+        unet = UNet3DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+    for module in (text_encoder, vae, unet):
+        module.eval()
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """``pipeline_cls.from_pretrained(model)`` with errors a user can act on.
+
+    ``model`` is ``tiny-random``, a local diffusers folder, or a Hub id (downloaded once, then read
+    from the local cache; safetensors are preferred when the repository has them).
+    """
+    if model == TINY_RANDOM:
+        components = build_tiny_random()
+        if torch_dtype not in (None, torch.float32):
+            for name in ("vae", "text_encoder", "unet"):
+                components[name].to(torch_dtype)
+        pipe = pipeline_cls(**components)
+        pipe.register_to_config(_name_or_path=TINY_RANDOM)
+        return pipe
+
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise UserError(f"model folder not found: {model} — pass a diffusers folder, a Hub id or tiny-random")
+        if not (path / "model_index.json").is_file():
+            raise UserError(
+                f"{model} is not a diffusers pipeline folder (no model_index.json); save one with "
+                f"pipe.save_pretrained(folder) or pass a Hub id"
+            )
+    try:
+        with _quiet_loading():
+            return pipeline_cls.from_pretrained(str(path) if looks_local else model, torch_dtype=torch_dtype, **kwargs)
+    except UserError:
+        raise
+    except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError, hub errors...
+        raise UserError(_explain_load_error(model, looks_local, err)) from None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence the loaders' chatter (hub retries, deprecations): failures surface as one UserError."""
+    diffusers_level = diffusers_logging.get_verbosity()
+    transformers_level = transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(diffusers_level)
+        transformers_logging.set_verbosity(transformers_level)
+
+
+def _explain_load_error(model: str, local: bool, err: Exception) -> str:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if local:
+        return f"cannot load the model folder {model}: {detail} — check that it holds all weights (model_index.json and each component)"
+    if _offline():
+        return (
+            f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+            f"once on a connected machine (`hf download {model}`), or pass --model PATH to a local diffusers folder"
+        )
+    name = type(err).__name__
+    if "RepositoryNotFound" in name or "404" in detail:
+        return f"unknown model id {model!r} on the Hugging Face Hub — check the spelling or pass a local folder"
+    return f"cannot load model {model!r}: {detail} — check the id, your network, or pass a local folder"
+
+
+__all__ = [
+    "TINY_RANDOM",
+    "build_tiny_random",
+    "build_tiny_tokenizer",
+    "load_pipeline",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -1,0 +1,464 @@
+"""Zero-shot motion transfer with Spectral Motion Alignment (SMA) guidance on DMT.
+
+Algorithm (DMT, Yatim et al. 2024, with SMA's objective, Park et al. 2025, eq. 19):
+
+1. encode the input video with the VAE and DDIM-invert it with the source prompt, keeping the latent
+   at every sampling timestep (cached on disk);
+2. start from the inverted noise, keeping its low spatial frequencies and replacing the high ones
+   with fresh noise;
+3. for each of the first ``guidance_fraction`` of the DDIM steps, record decoder features of the
+   inverted latent (reference) once, then run Adam on the current latent for ``optimization_steps``
+   so that its features' frame-to-frame motion matches the reference's (DMT loss + Haar-wavelet
+   global term + low-frequency-weighted FFT local term);
+4. denoise with classifier-free guidance on the target prompt (optionally re-noising one step and
+   denoising again: DMT's restart sampling), decode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sma_guidance.config import SMAConfig
+from sma_guidance.dmt import sma_objective_terms
+from sma_guidance.errors import UserError
+from sma_guidance.features import FeatureRecorder
+from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
+
+from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
+from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint
+
+VideoInput = Any  # a path (video file or image folder), a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W) in [-1, 1]
+
+
+@dataclass
+class SMAPipelineOutput(BaseOutput):
+    """Result of :class:`SMAMotionTransferPipeline`.
+
+    Attributes:
+        frames: the generated video, ``(1, F, H, W, 3)`` floats in [0, 1] for ``output_type="np"``
+            (``frames[0]`` goes straight to ``export_to_video``), ``(1, F, 3, H, W)`` for ``"pt"``,
+            latents ``(1, C, F, h, w)`` for ``"latent"``.
+        loss_history: one entry per guided step: timestep, learning rate and, per Adam iteration, the
+            objective and its DMT / global / local parts (summed over layers).
+        config: the full configuration of the run (``SMAConfig.to_dict()``).
+        fps: frame rate that keeps the input clip's duration.
+        timings: seconds spent in each stage.
+    """
+
+    frames: Any
+    loss_history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    fps: float = 8.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class SMAMotionTransferPipeline(DiffusionPipeline):
+    """Transfer the motion of a video to new content described by a prompt, with no training.
+
+    Components are those of Zeroscope (``cerspense/zeroscope_v2_576w``): a ``UNet3DConditionModel``,
+    an ``AutoencoderKL``, a CLIP text encoder and tokenizer, and a ``DDIMScheduler``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet3DConditionModel,
+        scheduler: DDIMScheduler,
+    ) -> None:
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model: str, device: str = "auto", dtype: str = "auto") -> "SMAMotionTransferPipeline":
+        """Load ``model`` (Hub id, local folder or ``tiny-random``) onto ``device`` with actionable errors."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        pipe = load_pipeline(cls, model, torch_dtype=torch_dtype)
+        return pipe.to(torch_device)
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.config, "_name_or_path", "") or TINY_RANDOM)
+
+    def default_config(self) -> SMAConfig:
+        """The defaults for this pipeline's model (its preset applied)."""
+        return SMAConfig.for_model(self.model_name)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _progress(self, total: int, desc: str) -> tqdm:
+        """A progress bar honouring ``set_progress_bar_config`` (e.g. ``disable=True``), with a label."""
+        options = {"desc": desc, **getattr(self, "_progress_bar_config", {})}
+        return tqdm(total=total, **options)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text embedding ``(1, L, D)`` of ``prompt``."""
+        tokens = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    def prepare_video(self, video: VideoInput, config: SMAConfig) -> tuple[torch.Tensor, float]:
+        """Frames ``(F, 3, H, W)`` in [-1, 1] at the configured size and count, and the fps that keeps
+        the clip's duration. Frames are resampled uniformly in time; each frame is scaled to cover
+        ``height x width`` with its aspect ratio kept, then centre-cropped."""
+        if isinstance(video, torch.Tensor):
+            frames = video.detach().float()
+            if frames.ndim != 4 or frames.shape[1] != 3:
+                raise UserError(f"a video tensor must be (F, 3, H, W) in [-1, 1], got shape {tuple(frames.shape)}")
+            array = ((frames.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            fps = 8.0
+        elif isinstance(video, np.ndarray):
+            array, fps = video, 8.0
+            if array.ndim != 4 or array.shape[-1] != 3:
+                raise UserError(f"a video array must be (F, H, W, 3) uint8, got shape {array.shape}")
+        else:
+            array, fps = read_frames(video)
+        if len(array) < 3:
+            raise UserError(f"the video needs at least 3 frames, got {len(array)}")
+        source_count = len(array)
+        array = resample_frames(array, config.num_frames)
+        frames = resize_and_crop(array, config.height, config.width)
+        return frames, fps * config.num_frames / source_count
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """VAE latents ``(1, C, F, h, w)`` (scaled) of frames ``(F, 3, H, W)``; the posterior mean is
+        used so that the latent, and the inversion cached from it, are deterministic."""
+        frames = frames.to(self.device, self.vae.dtype)
+        latents = torch.cat([self.vae.encode(frame[None]).latent_dist.mode() for frame in frames])
+        latents = latents * self.vae.config.scaling_factor
+        return latents.permute(1, 0, 2, 3)[None].float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F, h, w)``, one frame at a time."""
+        frames = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
+        images = torch.cat([self.vae.decode(frame[None].to(self.vae.dtype)).sample for frame in frames])
+        return (images.float() / 2 + 0.5).clamp(0, 1)[None]
+
+    @staticmethod
+    def initial_latent(inverted: torch.Tensor, noise: torch.Tensor, downsample_factor: int) -> torch.Tensor:
+        """DMT's initial latent: the inverted latent's low frequencies plus the noise's high frequencies.
+
+        Both ``(B, C, F, h, w)``. "Low" is what survives a bilinear (antialiased) downsampling by
+        ``downsample_factor`` and upsampling back; ``downsample_factor=1`` returns ``inverted``.
+        """
+        if downsample_factor <= 1:
+            return inverted
+
+        def low_pass(x: torch.Tensor) -> torch.Tensor:
+            b, c, f, h, w = x.shape
+            frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+            small = (max(1, h // downsample_factor), max(1, w // downsample_factor))
+            down = F.interpolate(frames, size=small, mode="bilinear", align_corners=True, antialias=True)
+            up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=True, antialias=True)
+            return up.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+        return low_pass(inverted) + (noise - low_pass(noise))
+
+    def _unet_call(self, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents.to(self.unet.dtype), t, encoder_hidden_states=embedding).sample
+
+    def invert(
+        self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig, timesteps: list[int]
+    ) -> tuple[dict[int, torch.Tensor], bool]:
+        """Inverted latents ``{t: (1, C, F, h, w)}`` at ``timesteps``, from the cache when possible.
+        Returns the latents and whether they came from the cache."""
+        cache = InversionCache(config.resolved_cache_dir()) if config.inversion_cache else None
+        key = None
+        if cache is not None:
+            key = inversion_cache_key(
+                frames,
+                model_fingerprint(self.unet, self.vae, self.text_encoder),
+                model=self.model_name,
+                scheduler=dict(self.scheduler.config),
+                source_prompt=config.source_prompt,
+                inversion_steps=config.inversion_steps,
+                num_inference_steps=config.num_inference_steps,
+                size=(config.height, config.width),
+                num_frames=config.num_frames,
+                dtype=str(self.unet.dtype),
+            )
+            cached = cache.load(key, self.device)
+            if cached is not None and set(timesteps) <= set(cached):
+                return {t: cached[t].float() for t in timesteps}, True
+        latents = self.encode_video(frames)
+        inverted = ddim_invert(
+            lambda x, t, encoder_hidden_states: _Sample(self._unet_call(x, t, encoder_hidden_states)),
+            dict(self.scheduler.config),
+            latents,
+            source_embedding,
+            config.inversion_steps,
+            timesteps,
+            progress=lambda total: self._progress(total, "DDIM inversion"),
+        )
+        inverted = {t: x.float() for t, x in inverted.items()}
+        if cache is not None and key is not None:
+            cache.save(key, inverted)
+        return inverted, False
+
+    # ------------------------------------------------------------------------------ guidance
+    def guidance_objective(
+        self,
+        latents: torch.Tensor,
+        t: int,
+        embedding: torch.Tensor,
+        reference: dict[str, torch.Tensor],
+        recorder: FeatureRecorder,
+        config: SMAConfig,
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 19 summed over the recorded layers, for ``latents`` ``(1, C, F, h, w)`` at timestep ``t``.
+
+        Returns the total and its DMT / global / local parts (each summed over layers). The forward
+        stops after the last recorded layer.
+        """
+        features = recorder.run(self._unet_call, latents, t, embedding)
+        totals: dict[str, torch.Tensor] = {}
+        for name, pred in features.items():
+            ref = reference[name].float()
+            pred = pred.float()
+            if config.feature_normalization == "ref-rms":
+                # Same scale for both so the cosine term is untouched and the L1 terms become relative.
+                scale = ref.pow(2).mean().sqrt().clamp_min(1e-8)
+                ref, pred = ref / scale, pred / scale
+            terms = sma_objective_terms(
+                ref,
+                pred,
+                lambda_global=config.lambda_global,
+                lambda_local=config.lambda_local,
+                levels=config.levels,
+                level_weights=config.level_weights,
+                wavelet=config.wavelet,
+                delta=config.delta,
+            )
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def optimize_latent(
+        self,
+        latents: torch.Tensor,
+        t: int,
+        reference_latents: torch.Tensor,
+        source_embedding: torch.Tensor,
+        target_embedding: torch.Tensor,
+        learning_rate: float,
+        config: SMAConfig,
+        recorder: FeatureRecorder,
+        on_iteration: Callable[[dict[str, float]], None] | None = None,
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """Run ``config.optimization_steps`` Adam steps on ``latents`` at timestep ``t``.
+
+        Reference features of ``reference_latents`` (the inversion at ``t``, source prompt) are computed
+        once, without gradients. Returns the optimized latents (detached) and the per-iteration losses.
+        """
+        with torch.no_grad():
+            reference = recorder.run(self._unet_call, reference_latents, t, source_embedding)
+        optimized = latents.detach().clone().float().requires_grad_(True)
+        optimizer = torch.optim.Adam([optimized], lr=learning_rate)
+        history = []
+        for _ in range(config.optimization_steps):
+            optimizer.zero_grad(set_to_none=True)
+            terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
+            terms["total"].backward()
+            optimizer.step()
+            record = {key: float(value.detach()) for key, value in terms.items()}
+            history.append(record)
+            if on_iteration:
+                on_iteration(record)
+        return optimized.detach(), history
+
+    # ------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def denoise_step(
+        self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float
+    ) -> torch.Tensor:
+        """One DDIM step (eta = 0) with classifier-free guidance; ``embeddings`` is
+        ``[negative, target]`` ``(2, L, D)``."""
+        noise = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
+        uncond, cond = noise.chunk(2)
+        noise = uncond + guidance_scale * (cond - uncond)
+        return self.scheduler.step(noise, t, latents).prev_sample
+
+    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
+        """Sample q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process over that interval."""
+        alphas = self.scheduler.alphas_cumprod
+        ratio = float(alphas[t_to] / alphas[t_from])
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        return ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise
+
+    def __call__(
+        self,
+        video: VideoInput,
+        prompt: str,
+        source_prompt: str | None = None,
+        negative_prompt: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        optimization_steps: int | None = None,
+        lambda_global: float | None = None,
+        lambda_local: float | None = None,
+        levels: int | None = None,
+        delta: float | None = None,
+        seed: int | None = None,
+        config: SMAConfig | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        **config_overrides: Any,
+    ) -> SMAPipelineOutput | tuple:
+        """Generate a video with ``video``'s motion and ``prompt``'s appearance.
+
+        Every argument left as ``None`` takes its value from ``config`` (default: this model's
+        :class:`~sma_guidance.config.SMAConfig`, i.e. DMT's published settings for Zeroscope).
+
+        Args:
+            video: the motion source: a path to a video file (mp4, gif, ...) or a folder of images,
+                a uint8 array ``(F, H, W, 3)``, or a tensor ``(F, 3, H, W)`` in [-1, 1].
+            prompt: the target prompt: what the output shows.
+            source_prompt: describes the input; conditions the inversion and the reference features (default "").
+            negative_prompt: unconditional branch of classifier-free guidance (default DMT's).
+            num_frames: frames resampled from the input (default 24).
+            height, width: output size, multiples of 8 (default 320 x 576).
+            num_inference_steps: DDIM steps (default 50).
+            guidance_scale: classifier-free guidance scale (default 10).
+            optimization_steps: Adam steps on the latent before each guided step (default 10).
+            lambda_global: weight of the Haar-wavelet global motion term λg (default 0.4; 0 = DMT).
+            lambda_local: weight of the FFT local motion term λl (default 0.2; 0 = DMT).
+            levels: Haar decomposition levels (default: the deepest valid for ``num_frames - 1``).
+            delta: exponent δ of the low-frequency weights (default 0.05).
+            seed: seed of every random draw (default 0).
+            config: a full :class:`SMAConfig` to start from.
+            output_type: ``"np"`` (default), ``"pt"`` or ``"latent"``.
+            return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
+            **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
+                ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``,
+                ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
+                ``downsample_factor=4``, ``inversion_cache=True``, ``cache_dir=None``.
+
+        Returns:
+            :class:`SMAPipelineOutput` with ``.frames``, ``.loss_history``, ``.config``, ``.fps``, ``.timings``.
+        """
+        explicit = dict(
+            source_prompt=source_prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            optimization_steps=optimization_steps,
+            lambda_global=lambda_global,
+            lambda_local=lambda_local,
+            levels=levels,
+            delta=delta,
+            seed=seed,
+        )
+        unknown = sorted(set(config_overrides) - set(SMAConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
+        config = (config or self.default_config()).replace(**explicit, **config_overrides).validate()
+        if output_type not in ("np", "pt", "latent"):
+            raise UserError(f"output_type must be np, pt or latent (got {output_type!r})")
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        frames, fps = self.prepare_video(video, config)
+        fps = config.fps or fps
+        self.scheduler.set_timesteps(config.num_inference_steps, device=self.device)
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+        negative, target, source = (
+            self.encode_prompt(text) for text in (config.negative_prompt, prompt, config.source_prompt)
+        )
+        timings["prepare"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        guided = timesteps[: config.num_guided_steps] if config.optimization_steps > 0 else []
+        inverted, from_cache = self.invert(frames, source, config, sorted(set(guided) | {timesteps[0]}))
+        timings["inversion"] = time.perf_counter() - clock
+        timings["inversion_cached"] = float(from_cache)
+
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+        noise = torch.randn(inverted[timesteps[0]].shape, generator=generator).to(self.device)
+        latents = self.initial_latent(inverted[timesteps[0]], noise, config.downsample_factor)
+
+        learning_rates = np.linspace(config.learning_rate_start, config.learning_rate_end, max(len(guided), 1))
+        cfg_embeddings = torch.cat([negative, target])
+        loss_history: list[dict[str, Any]] = []
+        timings["guidance"] = timings["denoise"] = 0.0
+        recorder = FeatureRecorder(self.unet, config.feature_layers, config.num_frames, stop_after_last=True)
+        with self._progress(len(timesteps), "Sampling") as bar:
+            for i, t in enumerate(timesteps):
+                if i < len(guided):
+                    clock = time.perf_counter()
+                    with recorder, torch.enable_grad():
+                        latents, history = self.optimize_latent(
+                            latents,
+                            t,
+                            inverted[t],
+                            source,
+                            target,
+                            float(learning_rates[i]),
+                            config,
+                            recorder,
+                            on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}"),
+                        )
+                    loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]), "iterations": history})
+                    timings["guidance"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                previous = latents
+                latents = self.denoise_step(previous, t, cfg_embeddings, config.guidance_scale)
+                if config.restart_sampling and i + 1 < len(timesteps):
+                    latents = self.renoise(latents, timesteps[i + 1], t, generator)
+                    latents = self.denoise_step(latents, t, cfg_embeddings, config.guidance_scale)
+                timings["denoise"] += time.perf_counter() - clock
+                bar.update()
+
+        clock = time.perf_counter()
+        if output_type == "latent":
+            output = latents
+        else:
+            video_out = self.decode_latents(latents)
+            output = video_out.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video_out
+        timings["decode"] = time.perf_counter() - clock
+        self.maybe_free_model_hooks()
+
+        result = SMAPipelineOutput(
+            frames=output, loss_history=loss_history, config=config.to_dict(), fps=float(fps), timings=timings
+        )
+        return result if return_dict else (output, loss_history)
+
+
+class _Sample:
+    """Lets a plain function stand in for a UNet in :func:`ddim_invert` (which reads ``.sample``)."""
+
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+__all__ = ["SMAMotionTransferPipeline", "SMAPipelineOutput"]

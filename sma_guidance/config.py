@@ -1,0 +1,282 @@
+"""One source of truth for every default: the CLI, the Python call and the saved JSON all read
+:class:`SMAConfig`.
+
+The defaults are DMT's published configuration for Zeroscope (``configs/guidance_config.yaml`` and
+``configs/preprocess_config.yaml`` of Yatim et al.) plus the SMA paper's spectral weights
+(λg = 0.4, λl = 0.2, δ = 0.05, Haar). Models other than Zeroscope can carry a *preset* that overrides
+some of them (their native size, say); see :data:`MODEL_PRESETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+
+DEFAULT_MODEL = "cerspense/zeroscope_v2_576w"
+
+# DMT's negative prompt (guidance_config.yaml).
+DMT_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted image, watermark, signature"
+
+# DMT records decoder block 1 of the UNet3D: the resnet's pre-residual output (its conv2), the
+# temporal convolution after it, and the block's upsampler.
+DMT_FEATURE_LAYERS = (
+    "up_blocks.1.resnets.1.conv2",
+    "up_blocks.1.temp_convs.1",
+    "up_blocks.1.upsamplers.0",
+)
+
+FEATURE_NORMALIZATIONS = ("none", "ref-rms")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class SMAConfig:
+    """Every setting of a zero-shot SMA motion transfer run, with its default."""
+
+    # Model and hardware.
+    model: str = DEFAULT_MODEL
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
+
+    # Input video: frames are resampled uniformly in time to num_frames, scaled to cover
+    # height x width (aspect ratio kept) and centre-cropped.
+    num_frames: int = 24
+    height: int = 320
+    width: int = 576
+
+    # Prompts. The source prompt conditions the inversion and the reference features.
+    source_prompt: str = ""
+    negative_prompt: str = DMT_NEGATIVE_PROMPT
+
+    # Sampling (DDIM, eta = 0).
+    num_inference_steps: int = 50
+    guidance_scale: float = 10.0
+    seed: int = 0
+    restart_sampling: bool = True  # DMT: re-noise one step and denoise again after every step
+    downsample_factor: int = 4  # initial latent keeps the inversion below this spatial scale
+
+    # DDIM inversion: DMT inverts with 999 steps; the sampling timesteps must be a subset of the
+    # inversion timesteps (a multiple of num_inference_steps, or 999).
+    inversion_steps: int = 999
+    inversion_cache: bool = True
+    cache_dir: str | None = None  # None: $SMA_GUIDE_CACHE or ~/.cache/sma-guide
+
+    # Latent optimization (DMT): Adam on the latent before each of the first guidance_fraction
+    # of the steps, learning rate linear from learning_rate_start to learning_rate_end.
+    guidance_fraction: float = 0.4
+    optimization_steps: int = 10
+    learning_rate_start: float = 0.007
+    learning_rate_end: float = 0.004
+    feature_layers: tuple[str, ...] = DMT_FEATURE_LAYERS
+    # "ref-rms" divides both feature maps by the reference's RMS before the spectral terms, so
+    # that lambda means the same on every layer and model; "none" is the paper's objective.
+    feature_normalization: str = "none"
+
+    # Spectral Motion Alignment (paper eq. 19): lambda_global = lambda_local = 0 is plain DMT.
+    lambda_global: float = 0.4
+    lambda_local: float = 0.2
+    levels: int | None = None  # None: the deepest Haar level valid for num_frames - 1 residuals
+    level_weights: tuple[float, ...] | None = None  # levels + 1 entries, approximation first
+    wavelet: str = "haar"
+    delta: float = 0.05
+
+    # Output.
+    fps: float | None = None  # None: the input's frame rate
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_model(cls, model: str, **overrides: Any) -> "SMAConfig":
+        """Defaults for ``model`` (its preset applied), then ``overrides``."""
+        values = dict(MODEL_PRESETS.get(model, {}))
+        values.update(overrides)
+        values["model"] = model
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SMAConfig":
+        """Build from a mapping (e.g. a saved JSON); unknown keys are a :class:`UserError`."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(
+                f"unknown configuration key(s) {', '.join(unknown)}; valid keys are the fields of SMAConfig "
+                f"(see `sma-guide --help`)"
+            )
+        values = dict(values)
+        for key in ("feature_layers", "level_weights"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @staticmethod
+    def read_file(path: str | os.PathLike) -> dict[str, Any]:
+        """The settings in a JSON file: a bare mapping of fields, or a saved run (its ``"config"``)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path} — check the path") from None
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read config file {path}: {err} — it must be a JSON object") from None
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a JSON object of SMAConfig fields")
+        SMAConfig.from_dict(data)  # unknown keys fail here, with the file named by the caller's message
+        return data
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "SMAConfig":
+        return cls.from_dict(cls.read_file(path))
+
+    def replace(self, **changes: Any) -> "SMAConfig":
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("feature_layers", "level_weights"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def num_guided_steps(self) -> int:
+        """How many of the first sampling steps are preceded by latent optimization."""
+        return min(self.num_inference_steps, int(round(self.guidance_fraction * self.num_inference_steps)))
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        env = os.environ.get("SMA_GUIDE_CACHE")
+        if env:
+            return Path(env).expanduser()
+        return Path.home() / ".cache" / "sma-guide"
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "SMAConfig":
+        """Raise a one-line :class:`UserError` on the first invalid setting; return ``self``."""
+        positive_ints = ("num_frames", "height", "width", "num_inference_steps", "inversion_steps", "downsample_factor")
+        for name in positive_ints:
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("optimization_steps", self.optimization_steps, minimum=0)
+        _require_int("seed", self.seed, minimum=0)
+        if self.num_frames < 3:
+            raise UserError(f"num_frames must be at least 3 (got {self.num_frames}): motion needs two frame residuals")
+        for name in ("height", "width"):
+            if getattr(self, name) % 8:
+                value = getattr(self, name)
+                raise UserError(
+                    f"{name} must be a multiple of 8 (got {value}); try {max(8, round(value / 8) * 8)}"
+                )
+        for name in ("learning_rate_start", "learning_rate_end", "delta"):
+            _require_float(name, getattr(self, name), positive=True)
+        for name in ("guidance_scale", "lambda_global", "lambda_local"):
+            _require_float(name, getattr(self, name), positive=False)
+        _require_float("guidance_fraction", self.guidance_fraction, positive=False)
+        if self.guidance_fraction > 1:
+            raise UserError(f"guidance_fraction must be between 0 and 1 (got {self.guidance_fraction})")
+        if self.fps is not None:
+            _require_float("fps", self.fps, positive=True)
+        if self.inversion_steps > 1000 or self.num_inference_steps > 1000:
+            raise UserError("inversion_steps and num_inference_steps must be at most 1000 (the model's timesteps)")
+        if not self.feature_layers:
+            raise UserError("feature_layers is empty; name at least one UNet submodule to record")
+        if self.feature_normalization not in FEATURE_NORMALIZATIONS:
+            raise UserError(
+                f"feature_normalization must be one of {', '.join(FEATURE_NORMALIZATIONS)} "
+                f"(got {self.feature_normalization!r})"
+            )
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        self._validate_levels()
+        return self
+
+    def _validate_levels(self) -> None:
+        from .spectral import max_wavelet_level
+
+        try:
+            deepest = max_wavelet_level(self.num_frames - 1, self.wavelet)
+        except ValueError as err:
+            raise UserError(f"unknown wavelet {self.wavelet!r}: {err}") from None
+        if self.levels is not None:
+            _require_int("levels", self.levels, minimum=1)
+            if self.levels > deepest:
+                raise UserError(
+                    f"--levels {self.levels} is too deep for {self.num_frames} frames "
+                    f"({self.num_frames - 1} residuals allow at most {deepest}); pass --levels {deepest} or fewer"
+                )
+        levels = self.levels or deepest
+        if self.level_weights is not None:
+            if len(self.level_weights) != levels + 1:
+                raise UserError(
+                    f"level_weights needs {levels + 1} entries (approximation first, then {levels} detail "
+                    f"levels), got {len(self.level_weights)}"
+                )
+            for weight in self.level_weights:
+                _require_float("level_weights", weight, positive=False)
+
+
+def _require_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be a whole number (got {value!r})")
+    if value < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise UserError(f"{name} must be {what} (got {value})")
+
+
+def _require_float(name: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number (got {value})")
+    if positive and value <= 0:
+        raise UserError(f"{name} must be positive (got {value})")
+    if not positive and value < 0:
+        raise UserError(f"{name} must not be negative (got {value})")
+
+
+def write_run_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write ``record`` as indented JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; a record is as readable as any file
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Per-model overrides of the defaults above. Zeroscope uses the defaults as they are.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # A tiny random model built in code: its output is noise; it exists for tests and smoke runs.
+    "tiny-random": {
+        "num_frames": 8,
+        "height": 64,
+        "width": 64,
+        "inversion_steps": 50,
+    },
+}
+
+__all__ = ["SMAConfig", "write_run_record", "MODEL_PRESETS", "DEFAULT_MODEL", "DMT_FEATURE_LAYERS", "DMT_NEGATIVE_PROMPT"]

@@ -1,0 +1,116 @@
+"""DMT's space-time feature loss (Yatim et al.) and the SMA objective built on it (eq. 19).
+
+Features are ``(B, F, C, H, W)`` with frames on dim 1; a 4-D ``(F, C, H, W)`` tensor means
+``B = 1``. All functions are pure and differentiable in ``pred_features``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .spectral import _batched, frame_residuals, global_motion_loss, local_motion_loss
+
+__all__ = ["dmt_loss", "sma_objective", "sma_objective_terms"]
+
+
+def _frame_pairs(frames, device):
+    """Indices ``(i, j)`` of all ordered pairs of distinct frames, each ``(F·(F - 1),)``."""
+    i, j = torch.meshgrid(
+        torch.arange(frames, device=device), torch.arange(frames, device=device), indexing="ij"
+    )
+    off = i != j
+    return i[off], j[off]
+
+
+def dmt_loss(ref_features, pred_features):
+    """DMT space-time feature loss: align pairwise frame differences of pooled features.
+
+    Features are averaged over ``(H, W)`` to ``f`` of shape ``(B, F, C)``; for each anchor ``i``
+    and other frame ``j ≠ i``, ``Δ = f_j - f_i``, and the loss is the mean over ``(b, i, j)`` of
+    ``1 - cos(Δ_pred, Δ_ref)`` along ``C``. The ``i = j`` pairs are left out: their Δ is 0 for
+    both videos, so they would only add a constant.
+
+    Args:
+        ref_features, pred_features: ``(F, C, H, W)`` or ``(B, F, C, H, W)``, ``F >= 2``.
+
+    Returns:
+        Scalar tensor.
+    """
+    if ref_features.shape != pred_features.shape:
+        raise ValueError(
+            "ref_features and pred_features must have the same shape, got "
+            f"{tuple(ref_features.shape)} and {tuple(pred_features.shape)}"
+        )
+    ref = _batched(ref_features, "ref_features").mean(dim=(-2, -1))  # (B, F, C)
+    pred = _batched(pred_features, "pred_features").mean(dim=(-2, -1))
+    frames = ref.shape[1]
+    if frames < 2:
+        raise UserError(f"the DMT loss compares frames and needs at least 2, got {frames}")
+    # Only distinct pairs are formed, so no zero Δ from i = j reaches the cosine or its gradient.
+    i, j = _frame_pairs(frames, ref.device)
+    cos = F.cosine_similarity(pred[:, j] - pred[:, i], ref[:, j] - ref[:, i], dim=-1)  # (B, P)
+    return (1 - cos).mean()
+
+
+def sma_objective_terms(
+    ref_features,
+    pred_features,
+    lambda_global=0.4,
+    lambda_local=0.2,
+    levels=None,
+    level_weights=None,
+    wavelet="haar",
+    delta=0.05,
+):
+    """The terms of the SMA objective for one layer (eq. 19).
+
+    ``total = dmt(f_ref, f) + λg·global(δf_ref, δf) + λl·local(δf_ref, δf)`` with ``δ`` the
+    frame residuals (eq. 10). A term whose λ is 0 is not computed and reported as 0, so
+    ``λg = λl = 0`` gives plain DMT at no extra cost, with ``total`` identical to ``dmt``.
+
+    Args:
+        ref_features, pred_features: ``(F, C, H, W)`` or ``(B, F, C, H, W)``, ``F >= 2``.
+        lambda_global, lambda_local: λg and λl.
+        levels, level_weights, wavelet: see :func:`~sma_guidance.spectral.global_motion_loss`.
+        delta: see :func:`~sma_guidance.spectral.local_motion_loss`.
+
+    Returns:
+        ``{"dmt", "global", "local", "total"}``, each a scalar tensor.
+    """
+    dmt = dmt_loss(ref_features, pred_features)
+    terms = {"dmt": dmt, "global": dmt.new_zeros(()), "local": dmt.new_zeros(())}
+    total = dmt
+    if lambda_global != 0 or lambda_local != 0:
+        res_ref = frame_residuals(_batched(ref_features, "ref_features"))
+        res_pred = frame_residuals(_batched(pred_features, "pred_features"))
+        if lambda_global != 0:
+            terms["global"] = global_motion_loss(res_ref, res_pred, levels, level_weights, wavelet)
+            total = total + lambda_global * terms["global"]
+        if lambda_local != 0:
+            terms["local"] = local_motion_loss(res_ref, res_pred, delta)
+            total = total + lambda_local * terms["local"]
+    terms["total"] = total
+    return terms
+
+
+def sma_objective(
+    ref_features,
+    pred_features,
+    lambda_global=0.4,
+    lambda_local=0.2,
+    levels=None,
+    level_weights=None,
+    wavelet="haar",
+    delta=0.05,
+):
+    """Scalar SMA objective for one layer (eq. 19); see :func:`sma_objective_terms`."""
+    return sma_objective_terms(
+        ref_features,
+        pred_features,
+        lambda_global,
+        lambda_local,
+        levels,
+        level_weights,
+        wavelet,
+        delta,
+    )["total"]

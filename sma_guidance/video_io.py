@@ -1,0 +1,473 @@
+"""Reading, resampling, resizing and writing video clips.
+
+Everything a user can get wrong here (a missing file, a file that is not a video, a clip too short,
+an output path that would overwrite the input) is reported as a one-line :class:`UserError`;
+exceptions from imageio/ffmpeg never escape :func:`read_frames`.
+
+Conventions: clips on disk and in numpy are ``uint8 (F, H, W, 3)`` RGB; clips fed to the model are
+``float32 (F, 3, H, W)`` tensors in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+OUTPUT_EXTENSIONS = (".mp4", ".gif", ".webm")
+
+DEFAULT_FPS = 8.0
+MIN_FRAMES = 3
+# A decoded clip beyond this would exhaust RAM long before it is useful for motion transfer.
+MAX_DECODED_BYTES = 4 * 1024**3
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read a video file or a directory of images.
+
+    Args:
+        path: a video file (anything imageio/ffmpeg decodes, GIFs included) or a directory of
+            images (``IMAGE_EXTENSIONS``), ordered naturally (``frame2`` before ``frame10``).
+
+    Returns:
+        ``(frames, fps)``: uint8 ``(F, H, W, 3)`` RGB with ``F >= 3``, and the clip's frame rate
+        (``DEFAULT_FPS`` when the file does not say, and always for image directories).
+
+    Raises:
+        UserError: the path is missing, unreadable, not a video, holds no images, mixes image
+            sizes, or has fewer than 3 frames.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"input video not found: {path} — check the path")
+    if path.is_dir():
+        frames, fps = _read_image_dir(path), DEFAULT_FPS
+    else:
+        frames, fps = _read_video_file(path)
+    if len(frames) < MIN_FRAMES:
+        raise UserError(
+            f"input video {path} needs at least {MIN_FRAMES} frames, got {len(frames)} "
+            "— use a longer clip"
+        )
+    return np.stack(frames), fps
+
+
+def _read_video_file(path: Path) -> tuple[list[np.ndarray], float]:
+    """Decode every frame of a video file. Returns a list of uint8 (H, W, 3) and the fps."""
+    try:
+        if path.suffix.lower() == ".gif" or path.suffix.lower() in IMAGE_EXTENSIONS:
+            frames, fps = _read_with_pillow(path)
+        else:
+            frames, fps = _read_with_ffmpeg(path)
+    except UserError:
+        raise
+    except Exception as exc:  # decoders raise OSError, ValueError, struct.error, ... for junk
+        raise UserError(
+            f"could not read {path} as a video ({_first_line(exc)}) — "
+            f"use a {'/'.join(VIDEO_EXTENSIONS)} file or a directory of images"
+        ) from exc
+    _check_same_size(path, frames, [f"frame {i}" for i in range(len(frames))])
+    return frames, fps
+
+
+def _read_with_ffmpeg(path: Path) -> tuple[list[np.ndarray], float]:
+    """Decode with imageio-ffmpeg directly: it probes the content rather than trusting the
+    suffix, and closing its generator reliably ends the ffmpeg subprocess (imageio's v3 wrapper
+    leaves the reader open)."""
+    stream = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(stream)
+        width, height = meta["size"]  # size after ffmpeg auto-rotates phone videos
+        frames = (np.frombuffer(b, np.uint8).reshape(height, width, 3) for b in stream)
+        frames = _collect_frames(path, frames)
+    finally:
+        stream.close()
+    fps = meta.get("fps")
+    valid = isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0
+    return frames, float(fps) if valid else DEFAULT_FPS
+
+
+def _read_with_pillow(path: Path) -> tuple[list[np.ndarray], float]:
+    """Decode a GIF (or animated image); palette and RGBA frames come out as RGB."""
+    with iio.imopen(path, "r", plugin="pillow") as file:
+        frames = _collect_frames(path, file.iter())
+        # GIF frames each carry their own delay (ms); 0 means "unspecified" to most players.
+        durations = [file.metadata(index=i).get("duration") or 0 for i in range(len(frames))]
+    durations = [d for d in durations if isinstance(d, (int, float)) and d > 0]
+    return frames, 1000.0 / float(np.mean(durations)) if durations else DEFAULT_FPS
+
+
+def _collect_frames(path: Path, frames: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Convert frames to RGB uint8 while decoding, stopping before RAM runs out."""
+    out, total = [], 0
+    for frame in frames:
+        out.append(_to_rgb(frame))
+        total += out[-1].nbytes
+        if total > MAX_DECODED_BYTES:
+            raise UserError(
+                f"input video {path} is too long to load (over {MAX_DECODED_BYTES >> 30} GiB "
+                "decoded) — trim it to a few seconds, e.g. ffmpeg -i in.mp4 -t 4 out.mp4"
+            )
+    return out
+
+
+def _read_image_dir(path: Path) -> list[np.ndarray]:
+    """Read the images of a directory in natural order. Returns a list of uint8 (H, W, 3)."""
+    files = [
+        p for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    ]
+    if not files:
+        raise UserError(
+            f"no images found in {path} — put frames there as {'/'.join(IMAGE_EXTENSIONS)} files"
+        )
+    files.sort(key=_natural_key)
+    frames = _collect_frames(path, (_read_image(p) for p in files))
+    _check_same_size(path, frames, [p.name for p in files])
+    return frames
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image file as an array, with EXIF rotation applied (phone photos rely on it)."""
+    try:
+        return iio.imread(path, plugin="pillow", index=0, rotate=True)
+    except Exception as exc:
+        raise UserError(
+            f"could not read image {path} ({_first_line(exc)}) — remove or replace that file"
+        ) from exc
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key where digit runs compare as numbers, so ``frame2`` < ``frame10``."""
+    parts = re.split(r"(\d+)", path.name.lower())
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def _check_same_size(path: Path, frames: list[np.ndarray], names: list[str]) -> None:
+    """Frames must stack into one array; name the first one that does not fit."""
+    h, w = frames[0].shape[:2] if frames else (0, 0)
+    for frame, name in zip(frames, names):
+        if frame.shape[:2] != (h, w):
+            raise UserError(
+                f"frames in {path} differ in size: {names[0]} is {w}x{h} but {name} is "
+                f"{frame.shape[1]}x{frame.shape[0]} — resize them all to one size"
+            )
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """Any decoded image (H, W), (H, W, 1|2|3|4), any dtype -> uint8 (H, W, 3).
+
+    Transparent pixels are composited over black: their stored colour is often garbage.
+    """
+    image = _to_uint8_range(np.asarray(image))
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"unsupported image shape {image.shape}")
+    if image.shape[-1] in (2, 4):  # gray+alpha or RGBA
+        alpha = image[..., -1:].astype(np.float32) / 255.0
+        image = np.round(image[..., :-1] * alpha).astype(np.uint8)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8_range(image: np.ndarray) -> np.ndarray:
+    """Map 16-bit / float / bool images onto uint8 so every source ends up comparable."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        top = 65535 if image.dtype == np.uint16 or image.max(initial=0) > 255 else 255
+        return np.round(np.clip(image, 0, top) * (255.0 / top)).astype(np.uint8)
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception message, short enough for a one-line error."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 120 else line[:117] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def resample_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:
+    """Pick ``num_frames`` frames spread uniformly over the clip (nearest index).
+
+    Indices are ``round(linspace(0, F - 1, num_frames))``: the first and last frames are always
+    kept; a clip shorter than ``num_frames`` repeats frames instead of failing.
+
+    Args:
+        frames: ``(F, ...)`` with ``F >= 1``.
+        num_frames: output length, ``>= 1``.
+
+    Returns:
+        ``(num_frames, ...)``, same dtype.
+    """
+    if num_frames < 1:
+        raise UserError(f"number of frames must be at least 1, got {num_frames} — raise it")
+    if len(frames) == 0:
+        raise ValueError("cannot resample an empty clip")
+    index = np.round(np.linspace(0, len(frames) - 1, num_frames)).astype(np.int64)
+    return frames[index]
+
+
+def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Resize a clip to cover ``height x width``, then center-crop; scale to ``[-1, 1]``.
+
+    Aspect-ratio policy: the frame is scaled (preserving its aspect ratio) by the smallest factor
+    that makes it COVER the target, then the excess is center-cropped. Nothing is stretched and
+    nothing is padded; when the aspect ratios differ, the borders of the relatively longer side
+    are cut off (e.g. a 16:9 clip to a square loses its left and right edges).
+
+    Args:
+        frames: uint8 ``(F, H, W, 3)``.
+        height, width: target size in pixels.
+
+    Returns:
+        float32 ``(F, 3, height, width)`` in ``[-1, 1]``.
+    """
+    if height < 1 or width < 1:
+        raise UserError(f"video size must be positive, got {width}x{height} — fix the size")
+    # astype copies, so read-only inputs (e.g. decoded buffers) are fine for torch.
+    video = torch.from_numpy(np.asarray(frames).astype(np.float32)).permute(0, 3, 1, 2)
+    src_h, src_w = video.shape[-2:]
+    scale = max(height / src_h, width / src_w)
+    # max() guards against rounding just below the target on the covering side.
+    new_h, new_w = max(height, round(src_h * scale)), max(width, round(src_w * scale))
+    if (new_h, new_w) != (src_h, src_w):
+        # antialias only changes the result when downscaling, where it prevents aliasing.
+        video = F.interpolate(
+            video, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    video = video[:, :, top : top + height, left : left + width]
+    return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).contiguous()
+
+
+def load_video(
+    path: str | os.PathLike, num_frames: int, height: int, width: int
+) -> tuple[torch.Tensor, float]:
+    """Read, resample and resize a clip for the model.
+
+    Returns:
+        ``(video, fps)``: float32 ``(num_frames, 3, height, width)`` in ``[-1, 1]``, and the frame
+        rate at which the resampled clip lasts as long as the source
+        (``source_fps * num_frames / F``), so an output written at that rate moves at the
+        source's speed.
+    """
+    frames, fps = read_frames(path)
+    video = resize_and_crop(resample_frames(frames, num_frames), height, width)
+    return video, fps * num_frames / len(frames)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Any clip -> uint8 ``(F, H, W, 3)``.
+
+    Args:
+        frames: torch tensor or numpy array, ``(F, H, W, 3)`` or ``(F, 3, H, W)``; float in
+            ``[0, 1]`` (clamped) or uint8. Channels-last wins when both layouts fit.
+    """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        frames = (frames if frames.dtype == torch.uint8 else frames.float()).numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or 3 not in (frames.shape[-1], frames.shape[1]):
+        raise ValueError(f"expected (F, H, W, 3) or (F, 3, H, W), got shape {frames.shape}")
+    if frames.shape[-1] != 3:
+        frames = frames.transpose(0, 2, 3, 1)
+    if frames.dtype != np.uint8:
+        if not np.issubdtype(frames.dtype, np.floating):
+            raise ValueError(f"expected float in [0, 1] or uint8, got {frames.dtype}")
+        frames = np.round(np.clip(np.nan_to_num(frames), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(frames)
+
+
+def export_to_video(frames, output_path: str | os.PathLike, fps: float = DEFAULT_FPS) -> str:
+    """Write a clip to ``.mp4`` (H.264), ``.gif`` (loops forever) or ``.webm`` (VP9), atomically.
+
+    The clip goes to a hidden temporary file next to the output (``.<name>.tmp-<random><suffix>``,
+    keeping the suffix so the encoder is picked by extension) and is moved over the output only
+    once complete, so an interrupted or failed write never leaves a truncated file nor touches an
+    existing one.
+
+    MP4/WebM use yuv420p for compatibility with every player, which needs even sizes: odd
+    heights/widths get one replicated edge row/column rather than being rescaled by imageio
+    (``macro_block_size=1`` turns its rescaling off). GIFs use one 256-colour palette per frame,
+    and Pillow merges identical consecutive frames into one longer frame (playback is unchanged,
+    the frame count read back is not).
+
+    Args:
+        frames: anything :func:`to_uint8` accepts, or a list of ``(H, W, 3)`` arrays / PIL images.
+        output_path: destination; see :func:`check_output_path`.
+        fps: playback rate.
+
+    Returns:
+        The output path as a string.
+    """
+    path = check_output_path(output_path)
+    fps = _positive_fps(fps)
+    video = to_uint8(_stack(frames))
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
+    try:
+        _write(video, tmp, fps)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError):
+            raise UserError(
+                f"could not write {path} ({_first_line(exc)}) — check free disk space and "
+                "permissions"
+            ) from exc
+        raise
+    return str(path)
+
+
+def _positive_fps(fps) -> float:
+    """fps as a finite positive float (numpy/torch scalars welcome)."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"fps must be a positive number, got {fps} — fix the fps")
+    return value
+
+
+def _stack(frames) -> np.ndarray | torch.Tensor:
+    """Lists of frames (diffusers' output style) -> one array; arrays pass through."""
+    if not isinstance(frames, (list, tuple)):
+        return frames
+    return np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+
+
+def _write(video: np.ndarray, path: Path, fps: float) -> None:
+    """Encode uint8 (F, H, W, 3) to ``path``, choosing the encoder from its suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        # GIF delays are whole centiseconds; loop=0 means forever.
+        iio.imwrite(path, video, plugin="pillow", duration=1000.0 / fps, loop=0)
+        return
+    codec, params = {
+        ".mp4": ("libx264", ["-crf", "12", "-preset", "medium", "-movflags", "+faststart"]),
+        ".webm": ("libvpx-vp9", ["-crf", "24", "-b:v", "0", "-deadline", "good", "-row-mt", "1"]),
+    }[suffix]
+    iio.imwrite(
+        path, _pad_to_even(video), plugin="FFMPEG", fps=fps, codec=codec, quality=None,
+        pixelformat="yuv420p", macro_block_size=1, output_params=params,
+        ffmpeg_log_level="error",
+    )
+
+
+def _pad_to_even(video: np.ndarray) -> np.ndarray:
+    """uint8 (F, H, W, 3) -> (F, H', W', 3) with even H', W' by replicating the last row/col."""
+    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
+    if not (pad_h or pad_w):
+        return video
+    return np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def check_output_path(
+    output_path: str | os.PathLike, input_path: str | os.PathLike | None = None
+) -> Path:
+    """Validate where a clip will be written, before any expensive work. Creates nothing.
+
+    Raises:
+        UserError: the output is the input file (however spelled), is a directory, has an
+            unsupported extension, or its directory is missing or not writable.
+
+    Returns:
+        The output path (user ``~`` expanded).
+    """
+    out = Path(output_path).expanduser()
+    if input_path is not None and _same_file(out, Path(input_path).expanduser()):
+        raise UserError(
+            f"output path {out} is the input video — choose a different output file"
+        )
+    if out.is_dir():
+        raise UserError(f"output path {out} is a directory — give a file name such as out.mp4")
+    if out.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise UserError(
+            f"unsupported output format '{out.suffix or '(none)'}' for {out} — "
+            f"use one of {', '.join(OUTPUT_EXTENSIONS)}"
+        )
+    parent = out.parent
+    if not parent.is_dir():
+        raise UserError(f"output directory does not exist: {parent} — create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(
+            f"output directory is not writable: {parent} — choose another location or fix its "
+            "permissions"
+        )
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file: same resolved path, or same inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# comparison clips
+
+
+def side_by_side(*videos) -> np.ndarray:
+    """Concatenate clips left to right, e.g. ``(input | output)``.
+
+    Every clip is matched to the first: frame counts via :func:`resample_frames`, heights by
+    resizing with the aspect ratio kept (widths may then differ).
+
+    Args:
+        videos: anything :func:`to_uint8` accepts, typically uint8 ``(F, H, W, 3)``.
+
+    Returns:
+        uint8 ``(F0, H0, sum of widths, 3)``.
+    """
+    if not videos:
+        raise ValueError("side_by_side needs at least one video")
+    clips = [to_uint8(v) for v in videos]
+    num_frames, height = clips[0].shape[:2]
+    return np.concatenate(
+        [_resize_height(resample_frames(c, num_frames), height) for c in clips], axis=2
+    )
+
+
+def _resize_height(video: np.ndarray, height: int) -> np.ndarray:
+    """uint8 (F, H, W, 3) -> uint8 (F, height, W * height / H, 3), aspect ratio kept."""
+    src_h, src_w = video.shape[1:3]
+    if src_h == height:
+        return video
+    width = max(1, round(src_w * height / src_h))
+    x = torch.from_numpy(video.astype(np.float32)).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

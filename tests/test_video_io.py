@@ -1,0 +1,306 @@
+"""Tests for sma_guidance.video_io on small synthetic clips (a white square moving on black)."""
+
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sma_guidance import video_io
+from sma_guidance.errors import UserError
+from sma_guidance.video_io import (
+    check_output_path,
+    export_to_video,
+    load_video,
+    read_frames,
+    resample_frames,
+    resize_and_crop,
+    side_by_side,
+    to_uint8,
+)
+
+
+def moving_square(num_frames=10, height=48, width=64, size=12):
+    """uint8 (F, H, W, 3): a white square stepping right by 4 px per frame."""
+    frames = np.zeros((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        frames[i, 18 : 18 + size, 4 * i : 4 * i + size] = 255
+    return frames
+
+
+def square_column(frame):
+    """Left edge of the white square: the first column holding a bright pixel."""
+    return int(np.argmax(frame.max(axis=(0, 2)) > 127))
+
+
+NOISE = np.random.default_rng(0).bytes(4096)
+
+
+def no_temp_files(directory):
+    return not [p for p in os.listdir(directory) if ".tmp-" in p]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_mp4_round_trip(tmp_path):
+    clip = moving_square()
+    path = export_to_video(clip, tmp_path / "clip.mp4", fps=12)
+    frames, fps = read_frames(path)
+    assert frames.shape == clip.shape and frames.dtype == np.uint8
+    assert fps == pytest.approx(12.0)
+    assert np.abs(frames.astype(int) - clip).mean() < 8
+    assert no_temp_files(tmp_path)
+
+
+def test_mp4_odd_size_is_padded_to_even(tmp_path):
+    clip = moving_square(height=47, width=63)
+    frames, _ = read_frames(export_to_video(clip, tmp_path / "odd.mp4"))
+    assert frames.shape == (10, 48, 64, 3)
+    assert np.abs(frames[:, :47, :63].astype(int) - clip).mean() < 8
+
+
+def test_gif_round_trip(tmp_path):
+    clip = moving_square()
+    path = export_to_video(clip, tmp_path / "clip.gif", fps=10)
+    frames, fps = read_frames(path)
+    assert frames.shape == clip.shape
+    assert np.abs(frames.astype(int) - clip).mean() < 2
+    assert fps == pytest.approx(10.0)
+    assert iio.immeta(path)["loop"] == 0
+
+
+def test_gif_rgba_frames_and_per_frame_durations(tmp_path):
+    images = []
+    for i in range(4):
+        rgba = np.zeros((20, 30, 4), np.uint8)
+        rgba[5:15, 5 * i : 5 * i + 5] = 255
+        images.append(Image.fromarray(rgba, "RGBA"))
+    path = tmp_path / "alpha.gif"
+    images[0].save(  # disposal=2: each frame starts from a cleared canvas
+        path, save_all=True, append_images=images[1:], duration=[100, 200, 100, 200], loop=0,
+        disposal=2,
+    )
+    frames, fps = read_frames(path)
+    assert frames.shape == (4, 20, 30, 3)
+    assert [square_column(f) for f in frames] == [0, 5, 10, 15]
+    assert fps == pytest.approx(1000 / 150)
+
+
+def test_image_dir_natural_order_and_mode_conversion(tmp_path):
+    clip = moving_square(num_frames=12)
+    for i, frame in enumerate(clip):
+        image = Image.fromarray(frame)
+        image = image.convert("L") if i == 3 else image.convert("RGBA") if i == 4 else image
+        image.save(tmp_path / f"frame_{i}.png")  # frame_2 < frame_10 only under natural sort
+    (tmp_path / "notes.txt").write_text("not a frame")
+    frames, fps = read_frames(tmp_path)
+    assert frames.shape == clip.shape
+    assert [square_column(f) for f in frames] == [4 * i for i in range(12)]
+    assert np.array_equal(frames, clip)
+    assert fps == video_io.DEFAULT_FPS
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.mp4", "not found"),
+        (lambda d: _write_bytes(d / "text.mp4", b"hello, I am text\n"), "could not read"),
+        (lambda d: _write_bytes(d / "noise.mp4", NOISE), "could not read"),
+        (lambda d: _write_bytes(d / "empty.gif", b""), "could not read"),
+        (lambda d: _mkdir(d / "empty"), "no images"),
+        (lambda d: _write_bytes(_mkdir(d / "junk") / "a.txt", b"x").parent, "no images"),
+    ],
+)
+def test_read_errors_are_one_line_user_errors(tmp_path, make, message):
+    with pytest.raises(UserError, match=message) as info:
+        read_frames(make(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_too_few_frames(tmp_path):
+    path = export_to_video(moving_square(num_frames=2), tmp_path / "short.gif")
+    with pytest.raises(UserError, match="needs at least 3 frames, got 2"):
+        read_frames(path)
+
+
+def test_image_dir_with_mixed_sizes(tmp_path):
+    for i, (h, w) in enumerate([(48, 64), (48, 64), (40, 64)]):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(UserError, match="differ in size") as info:
+        read_frames(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_resample_downsamples_by_nearest_uniform_index():
+    frames = np.arange(10)
+    assert resample_frames(frames, 4).tolist() == [0, 3, 6, 9]
+    assert resample_frames(frames, 5).tolist() == [0, 2, 4, 7, 9]  # 0, 2.25, 4.5, 6.75, 9
+
+
+def test_resample_repeats_frames_of_short_clips():
+    # linspace(0, 2, 8) = 0, .29, .57, .86, 1.14, 1.43, 1.71, 2
+    assert resample_frames(np.arange(3), 8).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert resample_frames(np.arange(3), 1).tolist() == [0]
+    with pytest.raises(UserError):
+        resample_frames(np.arange(3), 0)
+
+
+def test_resize_and_crop_shape_and_range():
+    out = resize_and_crop(moving_square(), 32, 40)
+    assert out.shape == (10, 3, 32, 40) and out.dtype == torch.float32
+    assert out.min() >= -1 and out.max() <= 1
+    assert out.min() == -1 and out.max() == 1
+
+
+def test_resize_and_crop_keeps_constant_color():
+    frames = np.full((3, 100, 200, 3), (10, 128, 250), np.uint8)
+    out = resize_and_crop(frames, 64, 64)
+    expected = torch.tensor([10, 128, 250]).float() / 127.5 - 1
+    assert torch.allclose(out, expected.view(1, 3, 1, 1).expand_as(out), atol=1e-5)
+
+
+def test_resize_and_crop_covers_then_center_crops():
+    # 100x200: red left band and blue right band, each 40 px wide; green middle.
+    frames = np.zeros((3, 100, 200, 3), np.uint8)
+    frames[:, :, :40] = (255, 0, 0)
+    frames[:, :, 40:160] = (0, 255, 0)
+    frames[:, :, 160:] = (0, 0, 255)
+    # Scaled to 64x128 (bands end at column 25.6 and start at 102.4); columns 32..95 are kept.
+    out = resize_and_crop(frames, 64, 64)
+    assert out.shape == (3, 3, 64, 64)
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1)
+    assert torch.allclose(out, green.expand_as(out), atol=1e-3)  # bands cropped, not squeezed
+
+
+def test_resize_and_crop_upscales_without_stretching():
+    frames = np.zeros((3, 10, 10, 3), np.uint8)
+    frames[:, :, 5:] = 255
+    out = resize_and_crop(frames, 20, 40)  # covers as 40x40, keeps rows 10..29
+    assert out.shape == (3, 3, 20, 40)
+    assert (out[..., :18] < 0).all() and (out[..., 22:] > 0).all()
+
+
+def test_load_video(tmp_path):
+    path = export_to_video(moving_square(), tmp_path / "clip.gif", fps=10)
+    video, fps = load_video(path, num_frames=5, height=32, width=32)
+    assert video.shape == (5, 3, 32, 32)
+    assert video.min() >= -1 and video.max() <= 1
+    assert fps == pytest.approx(10 * 5 / 10)  # same duration as the source
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_to_uint8_layouts_and_clamping():
+    clip = moving_square(num_frames=3)
+    unit = clip.astype(np.float32) / 255
+    assert np.array_equal(to_uint8(unit), clip)
+    assert np.array_equal(to_uint8(torch.from_numpy(unit).permute(0, 3, 1, 2)), clip)
+    assert np.array_equal(to_uint8(torch.from_numpy(clip)), clip)
+    assert to_uint8(np.full((1, 4, 4, 3), 2.0)).max() == 255
+    assert to_uint8(np.full((1, 3, 4, 4), -1.0)).max() == 0
+    with pytest.raises(ValueError):
+        to_uint8(np.zeros((4, 4, 3)))
+
+
+def test_export_accepts_list_of_frames(tmp_path):
+    clip = moving_square()
+    path = export_to_video([Image.fromarray(f) for f in clip], tmp_path / "list.gif")
+    assert read_frames(path)[0].shape == clip.shape
+
+
+def test_export_is_atomic_on_failure(tmp_path, monkeypatch):
+    output = tmp_path / "out.mp4"
+    output.write_bytes(b"previous result")
+
+    def failing_writer(video, path, fps):
+        path.write_bytes(b"half a video")  # the encoder got partway before dying
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(video_io, "_write", failing_writer)
+    with pytest.raises(UserError, match="could not write"):
+        export_to_video(moving_square(), output)
+    assert output.read_bytes() == b"previous result"
+    assert no_temp_files(tmp_path)
+
+
+def test_export_replaces_existing_output(tmp_path):
+    output = tmp_path / "out.mp4"
+    output.write_bytes(b"previous result")
+    assert export_to_video(moving_square(), output) == str(output)
+    assert read_frames(output)[0].shape == (10, 48, 64, 3)
+    assert no_temp_files(tmp_path)
+
+
+def test_check_output_path_accepts_a_fresh_file(tmp_path):
+    assert check_output_path(tmp_path / "out.mp4", tmp_path / "in.mp4") == tmp_path / "out.mp4"
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_check_output_path_refuses_the_input(tmp_path, monkeypatch):
+    export_to_video(moving_square(), tmp_path / "clip.mp4")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for spelling in ["clip.mp4", "./clip.mp4", "sub/../clip.mp4", str(tmp_path / "clip.mp4")]:
+        with pytest.raises(UserError, match="is the input"):
+            check_output_path(spelling, "clip.mp4")
+    os.link("clip.mp4", "hardlink.mp4")
+    with pytest.raises(UserError, match="is the input"):
+        check_output_path("hardlink.mp4", "clip.mp4")
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("out.avi", "unsupported output format"), ("out", "unsupported output format"),
+     ("missing/out.mp4", "does not exist")],
+)
+def test_check_output_path_errors(tmp_path, name, message):
+    with pytest.raises(UserError, match=message) as info:
+        check_output_path(tmp_path / name)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_check_output_path_refuses_a_directory(tmp_path):
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(UserError, match="is a directory"):
+        check_output_path(tmp_path / "dir.mp4")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions"
+)
+def test_check_output_path_refuses_read_only_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="not writable"):
+            check_output_path(locked / "out.mp4")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_side_by_side_matches_frames_and_height():
+    first = moving_square(num_frames=10, height=48, width=64)
+    second = moving_square(num_frames=5, height=24, width=40)
+    out = side_by_side(first, second)
+    assert out.shape == (10, 48, 64 + 80, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[:, :, :64], first)
+    assert side_by_side(first).shape == first.shape
