@@ -88,14 +88,21 @@ def ddim_invert(
 
 
 # ---------------------------------------------------------------------------------------- cache
+def public_config(config: object) -> dict:
+    """A diffusers/transformers config as a plain dict without its private ``_`` entries, which hold
+    loader bookkeeping (``_use_default_values`` is built from a set, so its order changes between
+    processes and would make every cache key different)."""
+    items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: value for key, value in items.items() if not str(key).startswith("_")}
+
+
 def model_fingerprint(*modules: torch.nn.Module) -> str:
     """A cheap content hash of models: their configurations plus a slice of every weight tensor."""
     digest = hashlib.sha256()
     for module in modules:
         config = getattr(module, "config", None)
         if config is not None:
-            items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-            digest.update(json.dumps(items, sort_keys=True, default=str).encode())
+            digest.update(json.dumps(public_config(config), sort_keys=True, default=str).encode())
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
             digest.update(str(tuple(tensor.shape)).encode())
@@ -155,4 +162,5 @@ __all__ = [
     "inversion_cache_key",
     "inversion_timesteps",
     "model_fingerprint",
+    "public_config",
 ]

@@ -35,7 +35,7 @@ from sma_guidance.features import FeatureRecorder
 from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
 
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
-from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint
+from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint, public_config
 
 VideoInput = Any  # a path (video file or image folder), a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W) in [-1, 1]
 
@@ -194,7 +194,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 frames,
                 model_fingerprint(self.unet, self.vae, self.text_encoder),
                 model=self.model_name,
-                scheduler=dict(self.scheduler.config),
+                scheduler=public_config(self.scheduler.config),
                 source_prompt=config.source_prompt,
                 inversion_steps=config.inversion_steps,
                 num_inference_steps=config.num_inference_steps,

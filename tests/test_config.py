@@ -1,0 +1,84 @@
+"""SMAConfig: the published defaults, presets, file round trips and validation."""
+
+import json
+import math
+
+import pytest
+
+from sma_guidance.config import DMT_FEATURE_LAYERS, SMAConfig, write_run_record
+from sma_guidance.errors import UserError
+
+
+def test_defaults_are_dmt_and_sma_published_settings():
+    config = SMAConfig()
+    assert config.model == "cerspense/zeroscope_v2_576w"
+    assert (config.num_frames, config.height, config.width) == (24, 320, 576)
+    assert (config.num_inference_steps, config.guidance_scale, config.inversion_steps) == (50, 10.0, 999)
+    assert (config.optimization_steps, config.guidance_fraction) == (10, 0.4)
+    assert (config.learning_rate_start, config.learning_rate_end) == (0.007, 0.004)
+    assert (config.lambda_global, config.lambda_local, config.delta, config.wavelet) == (0.4, 0.2, 0.05, "haar")
+    assert config.feature_layers == DMT_FEATURE_LAYERS
+    assert config.num_guided_steps == 20
+    assert config.validate() is config
+
+
+def test_preset_then_overrides():
+    config = SMAConfig.for_model("tiny-random", num_frames=6)
+    assert (config.model, config.height, config.width, config.num_frames) == ("tiny-random", 64, 64, 6)
+    assert SMAConfig.for_model("some/other-model").height == 320
+
+
+def test_dict_and_file_round_trip(tmp_path):
+    config = SMAConfig(levels=2, level_weights=(1.0, 0.5, 0.25), feature_layers=("a", "b"))
+    assert SMAConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    record = write_run_record(tmp_path / "run.json", {"config": config.to_dict(), "loss_history": []})
+    assert SMAConfig.from_file(record) == config
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_replace_ignores_none():
+    assert SMAConfig().replace(num_frames=None, seed=3).num_frames == 24
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_frames": 2}, "at least 3"),
+        ({"height": 100}, "multiple of 8"),
+        ({"width": 0}, "positive"),
+        ({"num_inference_steps": 0}, "positive"),
+        ({"delta": 0.0}, "positive"),
+        ({"delta": math.nan}, "finite"),
+        ({"lambda_global": math.inf}, "finite"),
+        ({"lambda_local": -0.1}, "negative"),
+        ({"guidance_fraction": 1.5}, "between 0 and 1"),
+        ({"optimization_steps": -1}, "at least 0"),
+        ({"levels": 5}, "too deep"),
+        ({"level_weights": (1.0, 1.0)}, "entries"),
+        ({"feature_normalization": "zscore"}, "feature_normalization"),
+        ({"num_frames": 3.5}, "whole number"),
+        ({"feature_layers": ()}, "empty"),
+    ],
+)
+def test_validation_errors_are_one_line(changes, message):
+    with pytest.raises(UserError, match=message) as info:
+        SMAConfig().replace(**changes).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_levels_limit_follows_frame_count():
+    SMAConfig(num_frames=24, levels=4).validate()
+    with pytest.raises(UserError, match="at most 4"):
+        SMAConfig(num_frames=24, levels=5).validate()
+    SMAConfig(num_frames=3, levels=1).validate()
+
+
+def test_unknown_keys_and_bad_files(tmp_path):
+    with pytest.raises(UserError, match="unknown configuration key"):
+        SMAConfig.from_dict({"num_frame": 4})
+    with pytest.raises(UserError, match="not found"):
+        SMAConfig.from_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(UserError, match="JSON object"):
+        SMAConfig.from_file(bad)

@@ -1,0 +1,224 @@
+"""SMAMotionTransferPipeline on tiny-random: guidance, inversion cache, initial latent, loading."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import SMAMotionTransferPipeline
+from pipelines.inversion import InversionCache, check_timesteps_covered, ddim_invert
+from sma_guidance.config import SMAConfig
+from sma_guidance.dmt import dmt_loss
+from sma_guidance.errors import UserError
+from sma_guidance.features import FeatureRecorder
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+FAST = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMA_GUIDE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture()
+def clip():
+    """A white square moving right on black, (F, H, W, 3) uint8."""
+    video = np.zeros((6, 64, 64, 3), np.uint8)
+    for frame in range(6):
+        video[frame, 24:40, 4 + 8 * frame : 20 + 8 * frame] = 255
+    return video
+
+
+def _guidance_setup(pipe, clip, **overrides):
+    config = pipe.default_config().replace(**{**FAST, **overrides}).validate()
+    frames, _ = pipe.prepare_video(clip, config)
+    pipe.scheduler.set_timesteps(config.num_inference_steps)
+    t = int(pipe.scheduler.timesteps[0])
+    source, target = pipe.encode_prompt(""), pipe.encode_prompt("a red square")
+    inverted, _ = pipe.invert(frames, source, config, [t])
+    generator = torch.Generator().manual_seed(1)
+    latents = inverted[t] + 0.5 * torch.randn(inverted[t].shape, generator=generator)
+    recorder = FeatureRecorder(pipe.unet, config.feature_layers, config.num_frames, stop_after_last=True)
+    with recorder, torch.no_grad():
+        reference = recorder.run(pipe._unet_call, inverted[t], t, source)
+    return config, t, inverted[t], latents, source, target, recorder, reference
+
+
+def test_objective_gradient_reaches_the_latent(pipe, clip):
+    config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip)
+    latents = latents.clone().requires_grad_(True)
+    with recorder:
+        terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
+    terms["total"].backward()
+    assert set(terms) == {"dmt", "global", "local", "total"}
+    assert all(float(terms[k].detach()) > 0 for k in ("dmt", "global", "local"))
+    assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
+
+
+def test_objective_is_eq19_summed_over_layers(pipe, clip):
+    config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip)
+    with recorder, torch.no_grad():
+        terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
+        features = recorder.run(pipe._unet_call, latents, t, target)
+    expected_dmt = sum(dmt_loss(reference[name], features[name]) for name in config.feature_layers)
+    torch.testing.assert_close(terms["dmt"], expected_dmt)
+    expected_total = terms["dmt"] + 0.4 * terms["global"] + 0.2 * terms["local"]
+    torch.testing.assert_close(terms["total"], expected_total)
+
+
+def test_zero_lambdas_give_plain_dmt(pipe, clip):
+    config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip, lambda_global=0.0, lambda_local=0.0)
+    with recorder, torch.no_grad():
+        terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
+    assert float(terms["global"]) == 0 and float(terms["local"]) == 0
+    torch.testing.assert_close(terms["total"], terms["dmt"])
+
+
+def test_one_optimization_step_lowers_the_objective(pipe, clip):
+    config, t, reference_latents, latents, source, target, recorder, reference = _guidance_setup(pipe, clip)
+    with recorder:
+        with torch.no_grad():
+            before = float(pipe.guidance_objective(latents, t, target, reference, recorder, config)["total"])
+        optimized, history = pipe.optimize_latent(
+            latents, t, reference_latents, source, target, 1e-3, config, recorder
+        )
+        with torch.no_grad():
+            after = float(pipe.guidance_objective(optimized, t, target, reference, recorder, config)["total"])
+    assert history[0]["total"] == pytest.approx(before, rel=1e-5)
+    assert after < before
+    assert not optimized.requires_grad
+
+
+def test_reference_features_computed_once_per_step(pipe, clip):
+    config, t, reference_latents, latents, source, target, recorder, _ = _guidance_setup(
+        pipe, clip, optimization_steps=3
+    )
+    embeddings_seen = []
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: embeddings_seen.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
+    try:
+        with recorder:
+            pipe.optimize_latent(latents, t, reference_latents, source, target, 1e-3, config, recorder)
+    finally:
+        handle.remove()
+    assert len(embeddings_seen) == 1 + 3
+    assert torch.equal(embeddings_seen[0], source)
+    assert all(torch.equal(e, target) for e in embeddings_seen[1:])
+
+
+def test_initial_latent_keeps_low_and_replaces_high_frequencies():
+    generator = torch.Generator().manual_seed(0)
+    inverted = torch.randn(1, 4, 3, 16, 16, generator=generator)
+    noise = torch.randn(1, 4, 3, 16, 16, generator=generator)
+    init = SMAMotionTransferPipeline.initial_latent
+    assert torch.equal(init(inverted, noise, 1), inverted)
+    torch.testing.assert_close(init(inverted, inverted, 4), inverted)  # LP(x) + x - LP(x) = x
+    mixed = init(inverted, noise, 4)
+    # With zero noise only the inverted latent's low-pass remains: a smooth field.
+    smooth = init(inverted, torch.zeros_like(noise), 4)
+    torch.testing.assert_close(mixed - smooth, init(torch.zeros_like(inverted), noise, 4))
+    assert smooth.diff(dim=-1).abs().mean() < 0.5 * inverted.diff(dim=-1).abs().mean()
+
+
+def test_end_to_end_shapes_determinism_and_history(pipe, clip):
+    out = pipe(clip, "a red square", **FAST)
+    assert out.frames.shape == (1, 4, 64, 64, 3)
+    assert out.frames.min() >= 0 and out.frames.max() <= 1
+    config = SMAConfig.from_dict(out.config)
+    assert len(out.loss_history) == config.num_guided_steps == 2
+    assert out.fps == pytest.approx(8.0 * 4 / 6)
+    again = pipe(clip, "a red square", **FAST)
+    np.testing.assert_array_equal(out.frames, again.frames)
+    other_seed = pipe(clip, "a red square", seed=1, **FAST)
+    assert not np.array_equal(out.frames, other_seed.frames)
+
+
+def test_inversion_cache_hit_for_new_target_prompt(pipe, clip, tmp_path):
+    first = pipe(clip, "a red square", **FAST)
+    second = pipe(clip, "a blue circle", **FAST)
+    assert first.timings["inversion_cached"] == 0 and second.timings["inversion_cached"] == 1
+    uncached = pipe(clip, "a blue circle", inversion_cache=False, **FAST)
+    np.testing.assert_array_equal(second.frames, uncached.frames)
+    files = list((tmp_path / "cache" / "inversions").glob("*.safetensors"))
+    assert len(files) == 1
+    changed_source = pipe(clip, "a blue circle", source_prompt="a white square", **FAST)
+    assert changed_source.timings["inversion_cached"] == 0
+    assert len(list((tmp_path / "cache" / "inversions").glob("*.safetensors"))) == 2
+
+
+def test_corrupt_cache_file_is_a_miss(tmp_path):
+    cache = InversionCache(tmp_path)
+    cache.folder.mkdir(parents=True)
+    cache.path("abc").write_bytes(b"not safetensors")
+    assert cache.load("abc", "cpu") is None
+    cache.save("abc", {21: torch.ones(2)})
+    assert torch.equal(cache.load("abc", "cpu")[21], torch.ones(2))
+
+
+def test_inversion_keeps_requested_timesteps_and_checks_coverage(pipe):
+    config = dict(pipe.scheduler.config)
+    latents = torch.zeros(1, 4, 3, 8, 8)
+    embedding = pipe.encode_prompt("")
+    kept = ddim_invert(pipe.unet, config, latents, embedding, 10, [1, 501, 901])
+    assert sorted(kept) == [1, 501, 901]
+    assert all(x.shape == latents.shape for x in kept.values())
+    # noisier timesteps move further from the clean latent
+    assert (kept[901] - latents).std() > (kept[1] - latents).std()
+    with pytest.raises(UserError, match="inversion_steps=7"):
+        check_timesteps_covered(config, 7, [1, 251, 501, 751])
+
+
+def test_non_square_input_is_cropped_not_stretched(pipe):
+    config = pipe.default_config().replace(**FAST)
+    wide = np.zeros((4, 32, 128, 3), np.uint8)
+    wide[:, :, :32] = 255  # a white band on the far left: cropped away by cover + centre crop
+    frames, _ = pipe.prepare_video(wide, config)
+    assert frames.shape == (4, 3, 64, 64)
+    assert frames.max() < -0.9
+
+
+@pytest.mark.skipif(not SHARED_VIDEOS.is_dir(), reason="needs ../shared/videos")
+def test_real_clip_smoke(pipe):
+    out = pipe(str(SHARED_VIDEOS / "cars_bridge.mp4"), "turtles are moving", **FAST)
+    assert out.frames.shape == (1, 4, 64, 64, 3) and np.isfinite(out.frames).all()
+
+
+def test_save_and_load_a_local_folder(pipe, tmp_path):
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    assert (folder / "model_index.json").is_file()
+    assert list(folder.glob("unet/*.safetensors")), "weights should be saved as safetensors"
+    loaded = SMAMotionTransferPipeline.load(str(folder), device="cpu")
+    for name, tensor in pipe.unet.state_dict().items():
+        torch.testing.assert_close(loaded.unet.state_dict()[name], tensor)
+    assert loaded.tokenizer("a red square").input_ids == pipe.tokenizer("a red square").input_ids
+
+
+def test_unknown_config_argument_is_rejected(pipe, clip):
+    with pytest.raises(TypeError, match="no_such_option"):
+        pipe(clip, "x", no_such_option=1)
+
+
+def test_loads_a_zeroscope_style_folder(pipe, tmp_path):
+    """Zeroscope's model_index.json names TextToVideoSDPipeline; the same components load into ours."""
+    import json
+
+    folder = tmp_path / "zeroscope-like"
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "TextToVideoSDPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    loaded = SMAMotionTransferPipeline.from_pretrained(str(folder))
+    assert isinstance(loaded, SMAMotionTransferPipeline)
+    assert type(loaded.unet).__name__ == "UNet3DConditionModel"
