@@ -77,16 +77,31 @@ def _record_path(output: Path) -> Path:
 @click.option("--restart/--no-restart", "restart_sampling", default=None, help="DMT's restart sampling. [default: on]")
 @click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
+@click.option("--mode", type=click.Choice(["zero-shot", "fine-tune", "both"]), help="zero-shot guidance, a motion fine-tune, or both. [default: zero-shot]")
+@click.option("--train-steps", type=int, help="Fine-tune steps (modes fine-tune, both). [default: 300]")
+@click.option("--train-lambda-global", type=float, help="λg of the fine-tune objective. [default: 0.4]")
+@click.option("--train-lambda-local", type=float, help="λl of the fine-tune objective. [default: 0.2]")
+@click.option("--residual", type=click.Choice(["signed", "abs"]), help="Frame residuals of the fine-tune's spectral terms. [default: signed]")
+@click.option("--adapter", type=click.Path(path_type=Path), help="Apply a saved motion adapter (no training).")
+@click.option("--save-adapter", type=click.Path(path_type=Path), help="Save the trained motion adapter (.safetensors).")
 @click.option("--fps", type=float, help="Output frame rate. [default: keeps the input's duration]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields (or a saved run's JSON).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def run_command(input_path: Path, prompt: str, output: Path | None, config_file: Path | None, quiet: bool, **flags: Any) -> None:
+def run_command(
+    input_path: Path,
+    prompt: str,
+    output: Path | None,
+    config_file: Path | None,
+    save_adapter: Path | None,
+    quiet: bool,
+    **flags: Any,
+) -> None:
     """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
     try:
-        _run(input_path, prompt, output, config_file, quiet, flags)
+        _run(input_path, prompt, output, config_file, save_adapter, quiet, flags)
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -99,16 +114,24 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
     """Defaults ← model preset ← ``--config`` file ← flags, validated."""
     file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
     fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
-    if "cache_dir" in fields:
-        fields["cache_dir"] = str(fields["cache_dir"])
+    for name in ("cache_dir", "adapter"):
+        if name in fields:
+            fields[name] = str(fields[name])
     model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
     file_values.pop("model", None)
     return SMAConfig.for_model(model, **file_values).replace(**fields).validate()
 
 
 def _run(
-    input_path: Path, prompt: str, output: Path | None, config_file: Path | None, quiet: bool, flags: dict[str, Any]
+    input_path: Path,
+    prompt: str,
+    output: Path | None,
+    config_file: Path | None,
+    save_adapter: Path | None,
+    quiet: bool,
+    flags: dict[str, Any],
 ) -> None:
+    from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import check_output_path, export_to_video, read_frames
 
     config = build_config(config_file, flags)
@@ -119,6 +142,10 @@ def _run(
     read_frames(input_path)  # fail on a bad input before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
+    if config.adapter:
+        MotionAdapter.load(config.adapter)  # a missing or foreign file fails before the model loads
+    if save_adapter is not None:
+        check_adapter_path(save_adapter, config, input_path, output)
 
     from pipelines import SMAMotionTransferPipeline
 
@@ -126,6 +153,8 @@ def _run(
     pipe.set_progress_bar_config(disable=quiet)
     result = pipe(video=input_path, prompt=prompt, config=config)
     written = export_to_video(result.frames[0], output, fps=result.fps)
+    if save_adapter is not None:
+        result.adapter.save(save_adapter)
     write_run_record(
         record_path,
         {
@@ -136,10 +165,31 @@ def _run(
             "config": result.config,
             "loss_history": result.loss_history,
             "timings": result.timings,
+            "adapter": str(save_adapter or config.adapter or "") or None,
+            "train_loss_history": result.train_loss_history,
         },
     )
     if not quiet:
-        click.echo(f"wrote {written} and {record_path}")
+        extra = f", {save_adapter}" if save_adapter is not None else ""
+        click.echo(f"wrote {written}{extra} and {record_path}")
+
+
+def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: Path) -> None:
+    """``--save-adapter`` needs something to save and a writable ``.safetensors`` path."""
+    if not config.trains:
+        raise UserError("--save-adapter needs a training run: use --mode fine-tune or --mode both (without --adapter)")
+    if path.suffix != ".safetensors":
+        raise UserError(f"--save-adapter {path} must end in .safetensors")
+    if path.is_dir():
+        raise UserError(f"--save-adapter {path} is a directory; give a file name ending in .safetensors")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"the folder of --save-adapter {path} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {parent}; choose another --save-adapter path")
+    for other in (input_path, output):
+        if path.resolve() == other.resolve():
+            raise UserError(f"--save-adapter {path} would overwrite {other}; choose another path")
 
 
 def check_output_path_record(path: Path, input_path: Path) -> Path:

@@ -61,6 +61,30 @@ def build_tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
+def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer whose BPE merges rebuild each of ``words`` into one token.
+
+    Any other text still tokenizes (into single bytes), but every word of a closed vocabulary — the
+    shapes world's captions — becomes exactly one token, which a small text encoder learns far more
+    easily than spelling.
+    """
+    alphabet = _byte_level_alphabet()
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(words)):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            if (pieces[0], pieces[1]) not in merges:
+                merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(merged, len(vocab))
+            pieces = [merged, *pieces[2:]]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
 def build_tiny_random(seed: int = 0) -> dict[str, Any]:
     """Components of a toy Zeroscope-shaped model with seeded random weights (≈1 M parameters).
 

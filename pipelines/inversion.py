@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -21,6 +20,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 from safetensors.torch import load_file, save_file
 
+from sma_guidance.atomic import atomic_write
 from sma_guidance.errors import UserError
 
 
@@ -144,14 +144,10 @@ class InversionCache:
         """Write atomically; a cache that cannot be written is skipped (the run itself goes on)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(fd)
-            save_file({f"t{t}": x.detach().contiguous().cpu() for t, x in latents.items()}, tmp)
-            os.replace(tmp, self.path(key))
+            with atomic_write(self.path(key)) as tmp:
+                save_file({f"t{t}": x.detach().contiguous().cpu() for t, x in latents.items()}, str(tmp))
             return self.path(key)
         except OSError:
-            if "tmp" in locals() and os.path.exists(tmp):
-                os.remove(tmp)
             return None
 
 

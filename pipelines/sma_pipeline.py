@@ -16,9 +16,11 @@ Algorithm (DMT, Yatim et al. 2024, with SMA's objective, Park et al. 2025, eq. 1
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from sma_guidance.features import FeatureRecorder
 from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
 
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
+from .finetune import MotionAdapter, applied_adapter, train_motion_adapter
 from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint, public_config
 
 VideoInput = Any  # a path (video file or image folder), a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W) in [-1, 1]
@@ -53,6 +56,9 @@ class SMAPipelineOutput(BaseOutput):
         config: the full configuration of the run (``SMAConfig.to_dict()``).
         fps: frame rate that keeps the input clip's duration.
         timings: seconds spent in each stage.
+        adapter: the motion adapter used (trained in this call or given), or ``None``; save it with
+            ``out.adapter.save("motion.safetensors")``.
+        train_loss_history: per fine-tune step: timestep and the VMC / global / local / total loss.
     """
 
     frames: Any
@@ -60,6 +66,8 @@ class SMAPipelineOutput(BaseOutput):
     config: dict[str, Any] = field(default_factory=dict)
     fps: float = 8.0
     timings: dict[str, float] = field(default_factory=dict)
+    adapter: MotionAdapter | None = None
+    train_loss_history: list[dict[str, float]] = field(default_factory=list)
 
 
 class SMAMotionTransferPipeline(DiffusionPipeline):
@@ -280,16 +288,60 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         optimized = latents.detach().clone().float().requires_grad_(True)
         optimizer = torch.optim.Adam([optimized], lr=learning_rate)
         history = []
-        for _ in range(config.optimization_steps):
-            optimizer.zero_grad(set_to_none=True)
-            terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
-            terms["total"].backward()
-            optimizer.step()
-            record = {key: float(value.detach()) for key, value in terms.items()}
-            history.append(record)
-            if on_iteration:
-                on_iteration(record)
+        with frozen(self.unet):
+            for _ in range(config.optimization_steps):
+                optimizer.zero_grad(set_to_none=True)
+                terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
+                terms["total"].backward()
+                optimizer.step()
+                record = {key: float(value.detach()) for key, value in terms.items()}
+                history.append(record)
+                if on_iteration:
+                    on_iteration(record)
         return optimized.detach(), history
+
+    # ------------------------------------------------------------------------------ fine-tuning
+    def _train_adapter(self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig) -> MotionAdapter:
+        return train_motion_adapter(
+            self.unet,
+            self.scheduler.alphas_cumprod,
+            self.encode_video(frames),
+            source_embedding,
+            steps=config.train_steps,
+            learning_rate=config.train_learning_rate,
+            weight_decay=config.train_weight_decay,
+            max_grad_norm=config.train_max_grad_norm,
+            trainable_modules=config.trainable_modules,
+            gradient_checkpointing=config.gradient_checkpointing,
+            seed=config.seed,
+            base_model=self.model_name,
+            progress=lambda total: self._progress(total, "Motion fine-tune"),
+            lambda_global=config.train_lambda_global,
+            lambda_local=config.train_lambda_local,
+            residual=config.residual,
+            levels=config.levels,
+            level_weights=config.level_weights,
+            wavelet=config.wavelet,
+            delta=config.delta,
+        )
+
+    def train_motion(
+        self, video: VideoInput, source_prompt: str | None = None, config: SMAConfig | None = None, **config_overrides: Any
+    ) -> MotionAdapter:
+        """Fine-tune the temporal attention on ``video``'s motion (VMC + latent SMA) and return the
+        adapter; the pipeline's own weights are left unchanged. Reuse it with ``pipe(..., adapter=...)``
+        or save it with ``adapter.save(path)``. Settings as for ``__call__`` (``train_steps``, ...)."""
+        config = self._resolve_config(config, dict(source_prompt=source_prompt), config_overrides)
+        frames, _ = self.prepare_video(video, config)
+        return self._train_adapter(frames, self.encode_prompt(config.source_prompt), config)
+
+    def _resolve_config(
+        self, config: SMAConfig | None, explicit: dict[str, Any], overrides: dict[str, Any]
+    ) -> SMAConfig:
+        unknown = sorted(set(overrides) - set(SMAConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
+        return (config or self.default_config()).replace(**explicit, **overrides).validate()
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -327,6 +379,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         levels: int | None = None,
         delta: float | None = None,
         seed: int | None = None,
+        mode: str | None = None,
+        adapter: str | MotionAdapter | None = None,
         config: SMAConfig | None = None,
         output_type: str = "np",
         return_dict: bool = True,
@@ -353,13 +407,21 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             levels: Haar decomposition levels (default: the deepest valid for ``num_frames - 1``).
             delta: exponent δ of the low-frequency weights (default 0.05).
             seed: seed of every random draw (default 0).
+            mode: ``"zero-shot"`` (default: latent optimization while sampling), ``"fine-tune"`` (train
+                the temporal attention on the clip for ``train_steps``, default 300, then sample without
+                guidance) or ``"both"`` (the adapted model with zero-shot guidance).
+            adapter: a :class:`MotionAdapter` or the path of a saved one, applied for this call (no
+                training then, in any mode).
             config: a full :class:`SMAConfig` to start from.
             output_type: ``"np"`` (default), ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
-                ``downsample_factor=4``, ``inversion_cache=True``, ``cache_dir=None``.
+                ``downsample_factor=4``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
+                settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
+                ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
+                ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``.
 
         Returns:
             :class:`SMAPipelineOutput` with ``.frames``, ``.loss_history``, ``.config``, ``.fps``, ``.timings``.
@@ -378,11 +440,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             levels=levels,
             delta=delta,
             seed=seed,
+            mode=mode,
+            adapter=str(adapter) if isinstance(adapter, (str, os.PathLike)) else None,
         )
-        unknown = sorted(set(config_overrides) - set(SMAConfig.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
-        config = (config or self.default_config()).replace(**explicit, **config_overrides).validate()
+        config = self._resolve_config(config, explicit, config_overrides)
         if output_type not in ("np", "pt", "latent"):
             raise UserError(f"output_type must be np, pt or latent (got {output_type!r})")
         timings: dict[str, float] = {}
@@ -397,8 +458,41 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         )
         timings["prepare"] = time.perf_counter() - clock
 
+        if not isinstance(adapter, MotionAdapter):
+            adapter = MotionAdapter.load(config.adapter) if config.adapter else None
+        if adapter is None and config.trains:
+            clock = time.perf_counter()
+            adapter = self._train_adapter(frames, source, config)
+            timings["fine_tune"] = time.perf_counter() - clock
+        with applied_adapter(self.unet, adapter, self.model_name):
+            output, loss_history = self._sample(frames, timesteps, negative, target, source, config, timings, output_type)
+        self.maybe_free_model_hooks()
+
+        result = SMAPipelineOutput(
+            frames=output,
+            loss_history=loss_history,
+            config=config.to_dict(),
+            fps=float(fps),
+            timings=timings,
+            adapter=adapter,
+            train_loss_history=adapter.loss_history if adapter is not None else [],
+        )
+        return result if return_dict else (output, loss_history)
+
+    def _sample(
+        self,
+        frames: torch.Tensor,
+        timesteps: list[int],
+        negative: torch.Tensor,
+        target: torch.Tensor,
+        source: torch.Tensor,
+        config: SMAConfig,
+        timings: dict[str, float],
+        output_type: str,
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Invert, run the guided DDIM loop and decode; fills ``timings``."""
         clock = time.perf_counter()
-        guided = timesteps[: config.num_guided_steps] if config.optimization_steps > 0 else []
+        guided = timesteps[: config.num_guided_steps]
         inverted, from_cache = self.invert(frames, source, config, sorted(set(guided) | {timesteps[0]}))
         timings["inversion"] = time.perf_counter() - clock
         timings["inversion_cached"] = float(from_cache)
@@ -426,7 +520,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                             float(learning_rates[i]),
                             config,
                             recorder,
-                            on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}"),
+                            on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False),
                         )
                     loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]), "iterations": history})
                     timings["guidance"] += time.perf_counter() - clock
@@ -446,12 +540,20 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             video_out = self.decode_latents(latents)
             output = video_out.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video_out
         timings["decode"] = time.perf_counter() - clock
-        self.maybe_free_model_hooks()
+        return output, loss_history
 
-        result = SMAPipelineOutput(
-            frames=output, loss_history=loss_history, config=config.to_dict(), fps=float(fps), timings=timings
-        )
-        return result if return_dict else (output, loss_history)
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """No parameter of ``module`` requires grad inside the block: the backward pass of the latent
+    optimization then computes no weight gradients (time and memory for nothing)."""
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for name, param in module.named_parameters():
+            param.requires_grad_(flags[name])
 
 
 class _Sample:

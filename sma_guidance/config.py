@@ -13,11 +13,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import atomic_write
 from .errors import UserError
 
 DEFAULT_MODEL = "cerspense/zeroscope_v2_576w"
@@ -34,6 +35,8 @@ DMT_FEATURE_LAYERS = (
 )
 
 FEATURE_NORMALIZATIONS = ("none", "ref-rms")
+MODES = ("zero-shot", "fine-tune", "both")
+RESIDUALS = ("signed", "abs")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -87,6 +90,22 @@ class SMAConfig:
     level_weights: tuple[float, ...] | None = None  # levels + 1 entries, approximation first
     wavelet: str = "haar"
     delta: float = 0.05
+
+    # Mode: "zero-shot" (latent optimization while sampling), "fine-tune" (train the temporal
+    # attention on the clip, then sample), or "both" (the adapted model with zero-shot guidance).
+    mode: str = "zero-shot"
+    adapter: str | None = None  # a saved motion adapter to apply (skips training in every mode)
+
+    # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1).
+    train_steps: int = 300
+    train_learning_rate: float = 1e-4
+    train_weight_decay: float = 1e-2
+    train_max_grad_norm: float = 1.0
+    train_lambda_global: float = 0.4
+    train_lambda_local: float = 0.2
+    residual: str = "signed"  # "abs": |δ| as in the official SMA code
+    trainable_modules: str = r"(temp_attentions|transformer_in)\..*\.to_[qkv]$"
+    gradient_checkpointing: bool = True
 
     # Output.
     fps: float | None = None  # None: the input's frame rate
@@ -151,8 +170,16 @@ class SMAConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def num_guided_steps(self) -> int:
-        """How many of the first sampling steps are preceded by latent optimization."""
+        """How many of the first sampling steps are preceded by latent optimization (none in
+        ``fine-tune`` mode, which samples the adapted model without guidance)."""
+        if self.mode == "fine-tune" or self.optimization_steps == 0:
+            return 0
         return min(self.num_inference_steps, int(round(self.guidance_fraction * self.num_inference_steps)))
+
+    @property
+    def trains(self) -> bool:
+        """Whether a run with this configuration fine-tunes the model first."""
+        return self.mode in ("fine-tune", "both") and self.adapter is None
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
@@ -196,6 +223,19 @@ class SMAConfig:
                 f"feature_normalization must be one of {', '.join(FEATURE_NORMALIZATIONS)} "
                 f"(got {self.feature_normalization!r})"
             )
+        if self.mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        if self.residual not in RESIDUALS:
+            raise UserError(f"residual must be one of {', '.join(RESIDUALS)} (got {self.residual!r})")
+        _require_int("train_steps", self.train_steps, minimum=1)
+        try:
+            re.compile(self.trainable_modules)
+        except re.error as err:
+            raise UserError(f"trainable_modules is not a valid regular expression ({err}); fix the pattern") from None
+        for name in ("train_learning_rate", "train_max_grad_norm"):
+            _require_float(name, getattr(self, name), positive=True)
+        for name in ("train_weight_decay", "train_lambda_global", "train_lambda_local"):
+            _require_float(name, getattr(self, name), positive=False)
         if self.dtype not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
         self._validate_levels()
@@ -246,26 +286,11 @@ def _require_float(name: str, value: Any, positive: bool) -> None:
 
 
 def write_run_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` as indented JSON atomically (temporary file in the same folder, then rename)."""
+    """Write ``record`` as indented JSON, atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; a record is as readable as any file
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # Per-model overrides of the defaults above. Zeroscope uses the defaults as they are.

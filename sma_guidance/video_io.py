@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write
 from .errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
@@ -333,13 +333,11 @@ def export_to_video(frames, output_path: str | os.PathLike, fps: float = DEFAULT
     path = check_output_path(output_path)
     fps = _positive_fps(fps)
     video = to_uint8(_stack(frames))
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
     try:
-        _write(video, tmp, fps)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, UserError):
+        with atomic_write(path) as tmp:
+            _write(video, tmp, fps)
+    except Exception as exc:
+        if not isinstance(exc, UserError):
             raise UserError(
                 f"could not write {path} ({_first_line(exc)}) — check free disk space and "
                 "permissions"

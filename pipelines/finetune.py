@@ -1,0 +1,305 @@
+"""Fine-tune mode: VMC-style motion distillation with latent-space SMA (paper Algorithm 1).
+
+On the clip's clean latents v₀ and the source prompt, each training step samples a timestep t and noise
+ε, forms v_t = √ᾱ_t v₀ + √(1−ᾱ_t) ε, predicts ε̂ and the Tweedie estimate v̂₀ = (v_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,
+and minimises
+
+    VMC's residual alignment 1 − cos(δε̂, δε)  +  λg·global_motion_loss(δv₀, δv̂₀)  +  λl·local_motion_loss(δv₀, δv̂₀)
+
+with δ the frame residuals — the same spectral functions as the zero-shot mode. Only the temporal
+attention projections (``to_q``, ``to_k``, ``to_v``) are trained; the result is a small *motion adapter*
+(those tensors alone) that can be saved as safetensors and applied to the same base model again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sma_guidance.atomic import atomic_write
+from sma_guidance.errors import UserError
+from sma_guidance.vmc import motion_distillation_terms
+
+ADAPTER_FORMAT = "sma-guide-motion-adapter/1"
+
+
+# ------------------------------------------------------------------------------------------ adapter
+def trainable_parameter_names(unet: torch.nn.Module, pattern: str) -> list[str]:
+    """Names of the parameters of every submodule whose dotted name matches ``pattern`` (re.search)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise UserError(f"trainable_modules {pattern!r} is not a valid regular expression ({err})") from None
+    names = [
+        f"{module_name}.{param_name}"
+        for module_name, module in unet.named_modules()
+        if module_name and regex.search(module_name)
+        for param_name, _ in module.named_parameters(recurse=False)
+    ]
+    if not names:
+        raise UserError(f"no UNet submodule matches trainable_modules={pattern!r}; check the pattern")
+    return names
+
+
+def architecture_hash(unet: torch.nn.Module) -> str:
+    """Hash of the UNet's public configuration: adapters only load onto the same architecture."""
+    config = {k: v for k, v in dict(unet.config).items() if not str(k).startswith("_")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class MotionAdapter:
+    """The trained temporal-attention tensors of a motion fine-tune, with what they were made for."""
+
+    tensors: dict[str, torch.Tensor]
+    base_model: str
+    architecture: str
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file (atomically) holding only the trained tensors plus metadata."""
+        path = Path(path)
+        metadata = {
+            "format": ADAPTER_FORMAT,
+            "base_model": self.base_model,
+            "architecture": self.architecture,
+            "layers": json.dumps(sorted(self.tensors)),
+            "settings": json.dumps(self.settings, default=str),
+        }
+        with atomic_write(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, str(tmp), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MotionAdapter":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"adapter file not found: {path} — check the path or train one with --save-adapter")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception:
+            raise UserError(f"{path} is not a safetensors motion adapter; pass a file written by --save-adapter") from None
+        if metadata.get("format") != ADAPTER_FORMAT:
+            raise UserError(f"{path} is not an sma-guide motion adapter (format {metadata.get('format')!r})")
+        try:
+            settings = json.loads(metadata.get("settings", "{}"))
+        except ValueError:
+            raise UserError(f"{path} has corrupt adapter metadata; save the adapter again with --save-adapter") from None
+        return cls(
+            tensors=tensors,
+            base_model=metadata.get("base_model", ""),
+            architecture=metadata.get("architecture", ""),
+            settings=settings,
+        )
+
+    def check_compatible(self, unet: torch.nn.Module, base_model: str) -> None:
+        """Raise a :class:`UserError` unless every tensor name and shape matches ``unet``."""
+        params = dict(unet.named_parameters())
+        describe = f"the adapter was trained on {self.base_model or 'another model'}, not {base_model}"
+        if self.architecture and self.architecture != architecture_hash(unet):
+            raise UserError(f"adapter does not fit this model: {describe} (different UNet architecture)")
+        for name, tensor in self.tensors.items():
+            if name not in params:
+                raise UserError(f"adapter does not fit this model: {describe} (no layer {name})")
+            if tuple(params[name].shape) != tuple(tensor.shape):
+                raise UserError(
+                    f"adapter does not fit this model: {describe} ({name} is {tuple(tensor.shape)}, "
+                    f"the model's is {tuple(params[name].shape)})"
+                )
+
+
+@contextlib.contextmanager
+def applied_adapter(unet: torch.nn.Module, adapter: MotionAdapter | None, base_model: str) -> Iterator[None]:
+    """Use ``adapter``'s tensors inside the block and restore the base weights after it."""
+    if adapter is None:
+        yield
+        return
+    adapter.check_compatible(unet, base_model)
+    params = dict(unet.named_parameters())
+    originals = {name: params[name].detach().clone() for name in adapter.tensors}
+    with torch.no_grad():
+        for name, tensor in adapter.tensors.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensor in originals.items():
+                params[name].copy_(tensor)
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_motion_adapter(
+    unet: torch.nn.Module,
+    alphas_cumprod: torch.Tensor,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    *,
+    steps: int = 300,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 1e-2,
+    max_grad_norm: float = 1.0,
+    trainable_modules: str = r"(temp_attentions|transformer_in)\..*\.to_[qkv]$",
+    gradient_checkpointing: bool = True,
+    seed: int = 0,
+    base_model: str = "",
+    progress: Callable[[int], Any] | None = None,
+    **loss_settings: Any,
+) -> MotionAdapter:
+    """Fine-tune the temporal attention of ``unet`` on one clip and return the trained tensors.
+
+    The UNet's weights are restored afterwards (the returned :class:`MotionAdapter` holds the result),
+    and no other parameter is touched. AdamW on the trainable parameters only, gradient-norm clipping,
+    fp16/bf16 autocast when the UNet is on a GPU in half precision (the trainable tensors are then kept
+    in float32), and with ``gradient_checkpointing`` the model's own checkpointing where it has one —
+    diffusers' UNet3DConditionModel has none, so on a GPU the activations saved for the backward pass
+    are kept in host memory instead (``torch.autograd.graph.save_on_cpu``).
+
+    Args:
+        unet: a UNet3D called as ``unet(x, t, encoder_hidden_states=...)`` on ``(B, C, F, h, w)``.
+        alphas_cumprod: the scheduler's ᾱ, ``(num_train_timesteps,)``.
+        latents: the clip's clean latents v₀ ``(1, C, F, h, w)``, scaled by the VAE factor.
+        encoder_hidden_states: the source prompt's embedding ``(1, L, D)``.
+        **loss_settings: ``lambda_global``, ``lambda_local``, ``residual``, ``levels``,
+            ``level_weights``, ``wavelet``, ``delta`` of :func:`motion_distillation_terms`.
+    """
+    device = latents.device
+    model_dtype = next(unet.parameters()).dtype
+    half = model_dtype in (torch.float16, torch.bfloat16)
+    if half and device.type != "cuda":
+        raise UserError("fine-tuning a half-precision model needs a GPU; use --dtype float32 on the CPU")
+    names = trainable_parameter_names(unet, trainable_modules)
+    params = dict(unet.named_parameters())
+    originals = {name: params[name].detach().clone() for name in names}
+    was_requires_grad = {name: p.requires_grad for name, p in params.items()}
+    was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
+    alphas_cumprod = alphas_cumprod.to(device=device, dtype=torch.float32)
+    num_timesteps = alphas_cumprod.shape[0]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    clean = latents.detach().float()
+    history: list[dict[str, float]] = []
+    bar = progress(steps) if progress else None
+    stack = contextlib.ExitStack()
+    checkpointing = False
+    try:
+        unet.requires_grad_(False)
+        trainable = [params[name] for name in names]
+        for param in trainable:
+            param.data = param.data.float()  # float32 master weights for AdamW
+            param.requires_grad_(True)
+        checkpointing = gradient_checkpointing and getattr(unet, "_supports_gradient_checkpointing", False)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        elif gradient_checkpointing and device.type == "cuda":
+            # diffusers' UNet3DConditionModel implements no checkpointing (and we do not patch it):
+            # keep the activations saved for backward in pinned host memory instead.
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
+        optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+        autocast = torch.autocast("cuda", dtype=model_dtype) if half else contextlib.nullcontext()
+        for step in range(steps):
+            t = int(torch.randint(0, num_timesteps, (1,), generator=generator))
+            noise = torch.randn(clean.shape, generator=generator).to(device)
+            alpha_prod = alphas_cumprod[t]
+            noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
+            with autocast:
+                noise_pred = unet(noisy.to(model_dtype), t, encoder_hidden_states=encoder_hidden_states).sample
+            terms = motion_distillation_terms(
+                *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
+            )
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            record = {"step": step, "timestep": t, **{k: float(v.detach()) for k, v in terms.items()}}
+            history.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
+                bar.update(1)
+        tensors = {name: params[name].detach().to(model_dtype).clone().cpu() for name in names}
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+        stack.close()
+        if checkpointing and not was_checkpointing:
+            unet.disable_gradient_checkpointing()
+        with torch.no_grad():
+            for name, tensor in originals.items():
+                params[name].data = tensor
+        for name, param in params.items():
+            param.requires_grad_(was_requires_grad[name])
+            param.grad = None
+    settings = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "max_grad_norm": max_grad_norm,
+        "trainable_modules": trainable_modules,
+        "seed": seed,
+        **loss_settings,
+    }
+    return MotionAdapter(
+        tensors=tensors,
+        base_model=base_model,
+        architecture=architecture_hash(unet),
+        loss_history=history,
+        settings=settings,
+    )
+
+
+@torch.no_grad()
+def evaluate_motion_objective(
+    unet: torch.nn.Module,
+    alphas_cumprod: torch.Tensor,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    timesteps: tuple[int, ...] = (50, 150, 300, 450, 600, 750, 900),
+    seed: int = 1234,
+    **loss_settings: Any,
+) -> dict[str, float]:
+    """The fine-tune objective averaged over fixed ``timesteps`` with seeded noise: a deterministic
+    yardstick to compare a model before and after training (training itself samples t at random)."""
+    device = latents.device
+    dtype = next(unet.parameters()).dtype
+    generator = torch.Generator("cpu").manual_seed(seed)
+    clean = latents.float()
+    alphas_cumprod = alphas_cumprod.to(device=device, dtype=torch.float32)
+    sums: dict[str, float] = {}
+    for t in timesteps:
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        alpha_prod = alphas_cumprod[t]
+        noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
+        noise_pred = unet(noisy.to(dtype), t, encoder_hidden_states=encoder_hidden_states).sample.float()
+        terms = motion_distillation_terms(
+            *(_frames_first(x) for x in (noise_pred, noise, clean, noisy)), alpha_prod, **loss_settings
+        )
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value) / len(timesteps)
+    return sums
+
+
+def _frames_first(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, F, H, W)`` UNet layout → ``(B, F, C, H, W)`` loss layout."""
+    return x.permute(0, 2, 1, 3, 4)
+
+
+__all__ = [
+    "MotionAdapter",
+    "applied_adapter",
+    "architecture_hash",
+    "evaluate_motion_objective",
+    "train_motion_adapter",
+    "trainable_parameter_names",
+]

@@ -1,0 +1,71 @@
+"""Fine-tune objective (paper Algorithm 1): VMC's residual alignment plus SMA's spectral terms on
+latent-frame residuals of the clean clip v₀ and the model's denoised estimate v̂₀.
+
+Frames are on dim 1: ``(B, F, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .spectral import frame_residuals, global_motion_loss, local_motion_loss
+
+RESIDUAL_MODES = ("signed", "abs")
+
+def residual_alignment_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """VMC's motion distillation loss: mean over frame residuals n of 1 − cos(δε̂ⁿ, δεⁿ).
+
+    Args:
+        noise_pred, noise: ``(B, F, C, H, W)``; each residual frame is flattened for the cosine.
+    """
+    pred = frame_residuals(noise_pred).flatten(2)
+    target = frame_residuals(noise).flatten(2)
+    return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+def motion_distillation_terms(
+    noise_pred: torch.Tensor,
+    noise: torch.Tensor,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    alpha_prod: torch.Tensor | float,
+    lambda_global: float = 0.4,
+    lambda_local: float = 0.2,
+    residual: str = "signed",
+    levels: int | None = None,
+    level_weights: tuple[float, ...] | None = None,
+    wavelet: str = "haar",
+    delta: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """The fine-tune objective of one step (paper Algorithm 1), frames on dim 1.
+
+    Args:
+        noise_pred: ε̂ ``(B, F, C, H, W)``; noise: ε; clean: v₀; noisy: v_t (all the same shape).
+        alpha_prod: ᾱ_t.
+        residual: ``"signed"`` (the paper's δ) or ``"abs"`` (|δ|, as the official SMA code does) for
+            the spectral terms; VMC's cosine term always uses signed residuals.
+
+    Returns:
+        ``{"vmc", "global", "local", "total"}``; a term whose λ is 0 is not computed (0-valued).
+    """
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    alpha_prod = torch.as_tensor(alpha_prod, dtype=noisy.dtype, device=noisy.device)
+    vmc = residual_alignment_loss(noise_pred, noise)
+    zero = vmc.new_zeros(())
+    terms = {"vmc": vmc, "global": zero, "local": zero}
+    if lambda_global or lambda_local:
+        denoised = (noisy - (1 - alpha_prod).sqrt() * noise_pred) / alpha_prod.sqrt()  # Tweedie's v̂₀
+        ref, pred = frame_residuals(clean), frame_residuals(denoised)
+        if residual == "abs":
+            ref, pred = ref.abs(), pred.abs()
+        if lambda_global:
+            terms["global"] = global_motion_loss(ref, pred, levels=levels, level_weights=level_weights, wavelet=wavelet)
+        if lambda_local:
+            terms["local"] = local_motion_loss(ref, pred, delta=delta)
+    terms["total"] = vmc + lambda_global * terms["global"] + lambda_local * terms["local"]
+    return terms
+
+
+__all__ = ["RESIDUAL_MODES", "motion_distillation_terms", "residual_alignment_loss"]
