@@ -9,10 +9,12 @@ SMA's λg = 0.4, λl = 0.2), overridden in turn by the model's preset, ``--confi
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -46,9 +48,30 @@ def main() -> None:
     """
 
 
+def reports_user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Print a :class:`UserError` as one line ``error: ...`` and exit 1 (130 on Ctrl-C), no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
 def _default_output(input_path: Path) -> Path:
     base = input_path.name if input_path.is_dir() else input_path.stem
     return input_path.parent / f"{base or 'output'}.sma.mp4"
+
+
+def _comparison_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.side_by_side{output.suffix}")
 
 
 def _record_path(output: Path) -> Path:
@@ -89,25 +112,21 @@ def _record_path(output: Path) -> Path:
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields (or a saved run's JSON).")
+@click.option("--side-by-side", is_flag=True, help="Also write OUT.side_by_side.mp4: (input | output).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@reports_user_errors
 def run_command(
     input_path: Path,
     prompt: str,
     output: Path | None,
     config_file: Path | None,
     save_adapter: Path | None,
+    side_by_side: bool,
     quiet: bool,
     **flags: Any,
 ) -> None:
     """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
-    try:
-        _run(input_path, prompt, output, config_file, save_adapter, quiet, flags)
-    except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written", err=True)
-        sys.exit(130)
+    _run(input_path, prompt, output, config_file, save_adapter, side_by_side, quiet, flags)
 
 
 def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
@@ -128,11 +147,12 @@ def _run(
     output: Path | None,
     config_file: Path | None,
     save_adapter: Path | None,
+    side_by_side: bool,
     quiet: bool,
     flags: dict[str, Any],
 ) -> None:
     from pipelines.finetune import MotionAdapter
-    from sma_guidance.video_io import check_output_path, export_to_video, read_frames
+    from sma_guidance.video_io import check_output_path, export_to_video, read_frames, side_by_side as stack
 
     config = build_config(config_file, flags)
     if not prompt.strip():
@@ -142,6 +162,7 @@ def _run(
     read_frames(input_path)  # fail on a bad input before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
+    comparison = check_output_path(_comparison_path(output), input_path) if side_by_side else None
     if config.adapter:
         MotionAdapter.load(config.adapter)  # a missing or foreign file fails before the model loads
     if save_adapter is not None:
@@ -155,6 +176,9 @@ def _run(
     written = export_to_video(result.frames[0], output, fps=result.fps)
     if save_adapter is not None:
         result.adapter.save(save_adapter)
+    if comparison is not None:
+        frames, _ = pipe.prepare_video(input_path, SMAConfig.from_dict(result.config))
+        export_to_video(stack((frames.permute(0, 2, 3, 1) + 1) / 2, result.frames[0]), comparison, fps=result.fps)
     write_run_record(
         record_path,
         {
@@ -170,7 +194,7 @@ def _run(
         },
     )
     if not quiet:
-        extra = f", {save_adapter}" if save_adapter is not None else ""
+        extra = "".join(f", {path}" for path in (save_adapter, comparison) if path is not None)
         click.echo(f"wrote {written}{extra} and {record_path}")
 
 
@@ -197,6 +221,89 @@ def check_output_path_record(path: Path, input_path: Path) -> Path:
     if path.exists() and input_path.exists() and os.path.samefile(path, input_path):
         raise UserError(f"the run record {path} would overwrite the input; choose another -o")
     return path
+
+
+@main.command("eval")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", help="OUTPUT's prompt; a shapes-world prompt adds edit and motion checks.")
+@click.option("--tracker", type=click.Choice(["auto", "shapes", "points"]), default="auto", show_default=True,
+              help="shapes: object centroids (shapes-world clips); points: block-matched grid points (any video).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the metrics to this JSON file.")
+@reports_user_errors
+def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracker: str, json_path: Path | None) -> None:
+    """Score a motion transfer: how well OUTPUT follows INPUT's motion (DMT's motion fidelity), how
+    smooth it is, and, for a shapes-world PROMPT, whether it shows the prompted object and motion."""
+    from sma_guidance.metrics import evaluate, format_report, json_safe
+    from sma_guidance.video_io import read_frames
+
+    if json_path is not None:  # fail before the (slow) tracking, not after it
+        check_json_path(json_path, (input_path, output_path))
+    metrics = evaluate(read_frames(input_path)[0], read_frames(output_path)[0], prompt=prompt, method=tracker)
+    click.echo(format_report(metrics))
+    if json_path is not None:
+        record = {"input": str(input_path), "output": str(output_path), "prompt": prompt}
+        write_run_record(json_path, {**record, "metrics": json_safe(metrics)})
+        click.echo(f"wrote {json_path}")
+
+
+def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str = "--json") -> None:
+    """A JSON output must go to a writable folder and must not replace one of ``protected``."""
+    parent = json_path.parent if str(json_path.parent) else Path(".")
+    if json_path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {flag} {json_path}: give a file name in an existing, writable folder")
+    if any(json_path.resolve() == p.resolve() for p in protected):
+        raise UserError(f"{flag} {json_path} would overwrite a video; choose another path")
+
+
+@main.group("bench")
+def bench() -> None:
+    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world)."""
+
+
+@bench.command("quality")
+@click.option("--model", default="shapes", show_default=True, help="Model to benchmark (a shapes-world model).")
+@click.option("--per-motion", type=click.IntRange(min=1), default=3, show_default=True, help="Pairs per motion (9 motions).")
+@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Sampling seeds per pair.")
+@click.option("--methods", help="Comma-separated methods. [default: all but 'fine-tune + SMA (abs)']")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_quality.json"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-video lines.")
+@reports_user_errors
+def bench_quality(model: str, per_motion: int, seeds: int, methods: str | None, json_path: Path, device: str, quiet: bool) -> None:
+    """Every method on a held-out set of shapes-world pairs: prints a markdown table, writes JSON."""
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench_quality import (
+        DEFAULT_METHODS, METHODS, held_out_pairs, markdown_table, run_benchmark, summarize, write_json,
+    )
+
+    chosen = [m.strip() for m in methods.split(",")] if methods else DEFAULT_METHODS
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    check_json_path(json_path, flag="--output")
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    pairs = held_out_pairs(per_motion)
+    clock = time.perf_counter()
+
+    def report(record: dict[str, Any]) -> None:
+        if not quiet:
+            click.echo(
+                f"{record['method']:<16} pair {record['pair']:>2} seed {record['seed']} {record['motion']:<10} "
+                f"fidelity {record['motion_fidelity']:+.2f} motion {record['motion_match']:.0f} "
+                f"colour {record['color_match']:.0f} shape {record['shape_match']:.0f} ({record['seconds']:.1f}s)",
+                err=True,
+            )
+
+    records = run_benchmark(pipe, chosen, pairs, seeds=tuple(range(seeds)), on_result=report)
+    summary = summarize(records)
+    table = markdown_table(summary, len(pairs) * seeds)
+    settings = {"model": model, "per_motion": per_motion, "seeds": seeds, "pairs": len(pairs),
+                "config": pipe.default_config().to_dict(), "seconds_total": time.perf_counter() - clock}
+    write_json(json_path, records, summary, settings)
+    click.echo(table)
+    click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all)")
 
 
 if __name__ == "__main__":

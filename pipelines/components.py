@@ -23,6 +23,8 @@ from transformers.utils import logging as transformers_logging
 from sma_guidance.errors import UserError
 
 TINY_RANDOM = "tiny-random"
+# Models that ship inside the package, by name.
+BUNDLED_MODELS = {"shapes": Path(__file__).resolve().parent / "shapes_model"}
 
 # Zeroscope's scheduler (scheduler/scheduler_config.json of cerspense/zeroscope_v2_576w).
 ZEROSCOPE_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -85,58 +87,87 @@ def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenize
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def build_tiny_random(seed: int = 0) -> dict[str, Any]:
-    """Components of a toy Zeroscope-shaped model with seeded random weights (≈1 M parameters).
+def build_small_video_model(
+    tokenizer: CLIPTokenizer,
+    text_width: int,
+    vae_channels: tuple[int, ...],
+    unet_channels: tuple[int, int, int],
+    latent_size: int,
+    cross_attention_blocks: tuple[bool, bool, bool],
+    attention_head_dim: int,
+    norm_groups: int,
+    vae_norm_groups: int,
+    text_layers: int = 2,
+) -> dict[str, Any]:
+    """Untrained components in Zeroscope's classes at a small size.
 
-    The VAE downsamples by 8 like Zeroscope's; the UNet has three blocks so that decoder block 1
-    has the resnets, temporal convolutions and upsampler that DMT records.
+    The VAE downsamples by ``2 ** (len(vae_channels) - 1)``; the UNet has three blocks so that decoder
+    block 1 has the resnets, temporal convolutions and upsampler that DMT records;
+    ``cross_attention_blocks`` says which of its (down) blocks attend to the text (mirrored going up).
     """
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        tokenizer = build_tiny_tokenizer()
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            intermediate_size=2 * text_width,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 16, 16),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=4,
-            sample_size=64,
-        )
-        unet = UNet3DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
-            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
-    finally:
-        torch.random.set_rng_state(generator_state)
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=vae_norm_groups,
+        sample_size=latent_size * 2 ** (len(vae_channels) - 1),
+    )
+    down = tuple("CrossAttnDownBlock3D" if attend else "DownBlock3D" for attend in cross_attention_blocks)
+    up = tuple("CrossAttnUpBlock3D" if attend else "UpBlock3D" for attend in reversed(cross_attention_blocks))
+    unet = UNet3DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        cross_attention_dim=text_width,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_groups,
+    )
     scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
     for module in (text_encoder, vae, unet):
         module.eval()
     return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+
+
+def build_tiny_random(seed: int = 0) -> dict[str, Any]:
+    """Components of a toy Zeroscope-shaped model with seeded random weights (≈1 M parameters);
+    the VAE downsamples by 8 like Zeroscope's."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build_small_video_model(
+            build_tiny_tokenizer(),
+            text_width=32,
+            vae_channels=(8, 8, 16, 16),
+            unet_channels=(16, 32, 32),
+            latent_size=8,
+            cross_attention_blocks=(True, True, False),
+            attention_head_dim=4,
+            norm_groups=8,
+            vae_norm_groups=4,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -174,6 +205,17 @@ def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | Non
                 components[name].to(torch_dtype)
         pipe = pipeline_cls(**components)
         pipe.register_to_config(_name_or_path=TINY_RANDOM)
+        return pipe
+
+    if model in BUNDLED_MODELS:
+        folder = BUNDLED_MODELS[model]
+        if not (folder / "model_index.json").is_file():
+            raise UserError(
+                f"the bundled {model} model is missing from {folder}; reinstall sma-guide or train it with "
+                f"`python -m pipelines.shapes_training`"
+            )
+        pipe = load_pipeline(pipeline_cls, str(folder), torch_dtype=torch_dtype, **kwargs)
+        pipe.register_to_config(_name_or_path=model)
         return pipe
 
     path = Path(model).expanduser()
@@ -227,7 +269,9 @@ def _explain_load_error(model: str, local: bool, err: Exception) -> str:
 
 
 __all__ = [
+    "BUNDLED_MODELS",
     "TINY_RANDOM",
+    "build_small_video_model",
     "build_tiny_random",
     "build_tiny_tokenizer",
     "load_pipeline",

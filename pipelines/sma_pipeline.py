@@ -167,6 +167,14 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         images = torch.cat([self.vae.decode(frame[None].to(self.vae.dtype)).sample for frame in frames])
         return (images.float() / 2 + 0.5).clamp(0, 1)[None]
 
+    def _postprocess(self, latents: torch.Tensor, output_type: str) -> Any:
+        """Latents as ``output_type``: "latent" as they are, "pt" frames ``(1, F, 3, H, W)``, "np"
+        frames ``(1, F, H, W, 3)``, both in [0, 1]."""
+        if output_type == "latent":
+            return latents
+        video = self.decode_latents(latents)
+        return video.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video
+
     @staticmethod
     def initial_latent(inverted: torch.Tensor, noise: torch.Tensor, downsample_factor: int) -> torch.Tensor:
         """DMT's initial latent: the inverted latent's low frequencies plus the noise's high frequencies.
@@ -355,6 +363,55 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         noise = uncond + guidance_scale * (cond - uncond)
         return self.scheduler.step(noise, t, latents).prev_sample
 
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        output_type: str = "np",
+    ) -> SMAPipelineOutput:
+        """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise), with
+        the same defaults as ``__call__``: useful to see what the model makes of a prompt alone."""
+        config = self._resolve_config(
+            None,
+            dict(
+                negative_prompt=negative_prompt,
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+            ),
+            {},
+        )
+        self.scheduler.set_timesteps(config.num_inference_steps, device=self.device)
+        embeddings = torch.cat([self.encode_prompt(config.negative_prompt), self.encode_prompt(prompt)])
+        shape = (
+            1,
+            self.unet.config.in_channels,
+            config.num_frames,
+            config.height // self.vae_scale_factor,
+            config.width // self.vae_scale_factor,
+        )
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+        latents = torch.randn(shape, generator=generator).to(self.device)
+        for t in self._progress_iter(self.scheduler.timesteps, "Sampling"):
+            latents = self.denoise_step(latents, int(t), embeddings, config.guidance_scale)
+        return SMAPipelineOutput(frames=self._postprocess(latents, output_type), config=config.to_dict(), fps=config.fps or 8.0)
+
+    def _progress_iter(self, iterable: Any, desc: str) -> Any:
+        with self._progress(len(iterable), desc) as bar:
+            for item in iterable:
+                yield item
+                bar.update()
+
     def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
         """Sample q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process over that interval."""
         alphas = self.scheduler.alphas_cumprod
@@ -534,11 +591,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 bar.update()
 
         clock = time.perf_counter()
-        if output_type == "latent":
-            output = latents
-        else:
-            video_out = self.decode_latents(latents)
-            output = video_out.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video_out
+        output = self._postprocess(latents, output_type)
         timings["decode"] = time.perf_counter() - clock
         return output, loss_history
 

@@ -302,6 +302,20 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "width": 64,
         "inversion_steps": 50,
     },
+    # The bundled model trained on the shapes world (pipelines/shapes_training.py); its own
+    # vocabulary has no words for DMT's negative prompt.
+    "shapes": {
+        "num_frames": 8,
+        "height": 64,
+        "width": 64,
+        "negative_prompt": "",
+        "num_inference_steps": 25,
+        "inversion_steps": 25,
+        "guidance_scale": 7.5,
+        "restart_sampling": False,
+        "optimization_steps": 5,
+        "train_steps": 100,
+    },
 }
 
 __all__ = ["SMAConfig", "write_run_record", "MODEL_PRESETS", "DEFAULT_MODEL", "DMT_FEATURE_LAYERS", "DMT_NEGATIVE_PROMPT"]

@@ -1,0 +1,263 @@
+"""Train the bundled "shapes" text-to-video model from scratch, seeded and resumable.
+
+    python -m pipelines.shapes_training                      # writes pipelines/shapes_model/
+    python -m pipelines.shapes_training --unet-minutes 60    # train the UNet for a wall-clock budget
+
+Three stages, each checkpointed in ``--workdir`` so that a stopped run resumes where it was:
+
+1. the VAE (``AutoencoderKL``, 64×64 frames → 4×16×16 latents) on random frames of the shapes world;
+2. a fixed pool of clips encoded once into latents (posterior means);
+3. the ``UNet3DConditionModel`` and the ``CLIPTextModel`` (word-level tokenizer over the caption
+   vocabulary) jointly, ε-prediction MSE with 10 % empty captions for classifier-free guidance.
+
+The result is a diffusers folder (safetensors, float16) loadable with ``--model shapes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from sma_guidance import shapes
+
+from .components import build_small_video_model, build_word_tokenizer
+
+SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "shapes_model"
+MAX_TOKENS = 24
+
+
+def build_shapes_components(seed: int = 0) -> dict[str, Any]:
+    """Untrained components of the shapes model (same classes as Zeroscope's): 64×64 frames →
+    4×16×16 latents; text cross-attention only at 8×8, where it costs least."""
+    torch.manual_seed(seed)
+    return build_small_video_model(
+        build_word_tokenizer(shapes.vocabulary(), max_length=MAX_TOKENS),
+        text_width=64,
+        vae_channels=(16, 32, 64),
+        unet_channels=(32, 48, 64),
+        latent_size=16,
+        cross_attention_blocks=(False, True, False),
+        attention_head_dim=8,
+        norm_groups=16,
+        vae_norm_groups=16,
+    )
+
+
+def _frames_batch(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """``count`` random frames of random clips, ``(count, 3, 64, 64)`` in [-1, 1]."""
+    frames = []
+    while len(frames) < count:
+        clip, _, _ = shapes.sample_clip(rng)
+        frames.extend(clip[rng.permutation(len(clip))[:2]])
+    batch = torch.from_numpy(np.stack(frames[:count])).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1
+
+
+def _save_state(path: Path, **state: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_vae(vae: AutoencoderKL, workdir: Path, steps: int, seed: int, log: dict) -> None:
+    """Reconstruction (L1 + MSE, object pixels weighted up) of the posterior mean with a small KL
+    term; resumes from ``workdir/vae.pt``."""
+    checkpoint = workdir / "vae.pt"
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    rng = np.random.default_rng(seed + start)
+    clock = time.time()
+    vae.train()
+    for step in range(start, steps):
+        lr = 2e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        frames = _frames_batch(rng, 16)
+        posterior = vae.encode(frames).latent_dist
+        recon = vae.decode(posterior.mode()).sample
+        # Objects cover a few percent of a frame: weight their pixels up, or the background wins.
+        corner = frames[:, :, :1, :1]
+        weight = 1 + 20 * ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
+        error = recon - frames
+        rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+        loss = rec + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            print(f"vae step {step + 1}/{steps} rec {rec.item():.4f} ({time.time() - clock:.0f}s)", flush=True)
+            log["vae_final_reconstruction"] = rec.item()
+            _save_state(checkpoint, model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step + 1)
+    log["vae_seconds"] = log.get("vae_seconds", 0) + time.time() - clock
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(vae: AutoencoderKL, workdir: Path, clips: int, seed: int) -> tuple[torch.Tensor, list]:
+    """Latent means ``(N, 4, F, 16, 16)`` of a fixed pool of clips and their specs (cached)."""
+    cache = workdir / "pool.pt"
+    if cache.exists():
+        state = torch.load(cache, weights_only=False)
+        if state["clips"] == clips:
+            return state["latents"], state["specs"]
+    rng = np.random.default_rng(seed)
+    latents, specs = [], []
+    for index in range(clips):
+        clip, _, spec = shapes.sample_clip(rng)
+        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents.append(vae.encode(frames).latent_dist.mode().permute(1, 0, 2, 3))
+        specs.append(spec)
+        if (index + 1) % 1000 == 0:
+            print(f"encoded {index + 1}/{clips} clips", flush=True)
+    stacked = torch.stack(latents)
+    torch.save({"clips": clips, "latents": stacked, "specs": specs}, cache)
+    return stacked, specs
+
+
+def train_unet(
+    components: dict[str, Any],
+    latents: torch.Tensor,
+    specs: list,
+    workdir: Path,
+    steps: int,
+    minutes: float | None,
+    seed: int,
+    log: dict,
+    batch_size: int = 12,
+) -> None:
+    """Joint ε-prediction training of the UNet3D and the text encoder; resumes from ``workdir/unet.pt``."""
+    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
+    alphas = components["scheduler"].alphas_cumprod.float()
+    checkpoint = workdir / "unet.pt"
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2)
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    rng = np.random.default_rng(seed + 1 + start)
+    generator = torch.Generator().manual_seed(seed + start)
+    unet.train()
+    text_encoder.train()
+    clock = time.time()
+    losses: list[float] = []
+    step = start
+    while step < steps and (minutes is None or time.time() - clock < minutes * 60):
+        lr = 3e-4 * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = rng.integers(0, len(latents), batch_size)
+        clean = latents[index] * components["vae"].config.scaling_factor
+        captions = [
+            "" if rng.random() < 0.1 else shapes.random_caption(specs[i], rng) for i in index.tolist()
+        ]
+        tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        embedding = text_encoder(tokens.input_ids)[0]
+        t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=embedding).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 100 == 0 or step == steps:
+            recent = float(np.mean(losses[-100:]))
+            print(f"unet step {step}/{steps} loss {recent:.4f} lr {lr:.2e} ({time.time() - clock:.0f}s)", flush=True)
+            log["unet_final_loss_100"] = recent
+            log["unet_steps"] = step
+            _save_state(
+                checkpoint,
+                unet=unet.state_dict(),
+                text_encoder=text_encoder.state_dict(),
+                optimizer=optimizer.state_dict(),
+                step=step,
+            )
+    log["unet_seconds"] = log.get("unet_seconds", 0) + time.time() - clock
+    unet.eval()
+    text_encoder.eval()
+
+
+def _init_from(components: dict[str, Any], folder: Path, workdir: Path, vae_steps: int) -> dict:
+    """Seed the checkpoints from a saved model (optimizer state starts afresh): the VAE stage counts as
+    done and the UNet stage continues from the step count in the folder's training log."""
+    from .sma_pipeline import SMAMotionTransferPipeline
+
+    saved = SMAMotionTransferPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    for name in ("vae", "unet", "text_encoder"):
+        components[name].load_state_dict(saved.components[name].state_dict())
+    log = json.loads((folder / "training_log.json").read_text())
+    _save_state(workdir / "vae.pt", model=components["vae"].state_dict(),
+                optimizer=torch.optim.AdamW(components["vae"].parameters()).state_dict(), step=vae_steps)
+    params = [*components["unet"].parameters(), *components["text_encoder"].parameters()]
+    _save_state(workdir / "unet.pt", unet=components["unet"].state_dict(),
+                text_encoder=components["text_encoder"].state_dict(),
+                optimizer=torch.optim.AdamW(params).state_dict(), step=int(log.get("unet_steps", 0)))
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=SHAPES_MODEL_DIR)
+    parser.add_argument("--workdir", type=Path, default=Path(".shapes_work"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--clips", type=int, default=12000)
+    parser.add_argument("--unet-steps", type=int, default=8000)
+    parser.add_argument("--unet-minutes", type=float, default=None, help="stop the UNet stage after this long")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log_path = args.workdir / "log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps})
+    components = build_shapes_components(args.seed)
+    if args.init_from is not None and not (args.workdir / "unet.pt").exists():
+        log.update(_init_from(components, args.init_from, args.workdir, args.vae_steps))
+
+    train_vae(components["vae"], args.workdir, args.vae_steps, args.seed, log)
+    log_path.write_text(json.dumps(log, indent=2))
+    latents, specs = encode_pool(components["vae"], args.workdir, args.clips, args.seed + 7)
+    scaling = float(1 / latents.std())
+    components["vae"].register_to_config(scaling_factor=scaling)
+    log["vae_scaling_factor"] = scaling
+
+    train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log)
+    log_path.write_text(json.dumps(log, indent=2))
+
+    from .sma_pipeline import SMAMotionTransferPipeline
+
+    pipe = SMAMotionTransferPipeline(**components)
+    pipe.to(torch.float16)
+    pipe.save_pretrained(args.output, safe_serialization=True)
+    (args.output / "training_log.json").write_text(json.dumps(log, indent=2))
+    print(f"saved the shapes model to {args.output}: {json.dumps(log)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
