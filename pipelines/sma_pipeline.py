@@ -265,10 +265,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 pred,
                 lambda_global=config.lambda_global,
                 lambda_local=config.lambda_local,
-                levels=config.levels,
-                level_weights=config.level_weights,
-                wavelet=config.wavelet,
-                delta=config.delta,
+                **config.spectral_settings,
             )
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0) + value
@@ -327,10 +324,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             lambda_global=config.train_lambda_global,
             lambda_local=config.train_lambda_local,
             residual=config.residual,
-            levels=config.levels,
-            level_weights=config.level_weights,
-            wavelet=config.wavelet,
-            delta=config.delta,
+            **config.spectral_settings,
         )
 
     def train_motion(

@@ -177,6 +177,11 @@ class SMAConfig:
         return min(self.num_inference_steps, int(round(self.guidance_fraction * self.num_inference_steps)))
 
     @property
+    def spectral_settings(self) -> dict[str, Any]:
+        """The spectral terms' shape settings, shared by the zero-shot and fine-tune objectives."""
+        return {"levels": self.levels, "level_weights": self.level_weights, "wavelet": self.wavelet, "delta": self.delta}
+
+    @property
     def trains(self) -> bool:
         """Whether a run with this configuration fine-tunes the model first."""
         return self.mode in ("fine-tune", "both") and self.adapter is None
