@@ -126,31 +126,6 @@ def run_command(
     **flags: Any,
 ) -> None:
     """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
-    _run(input_path, prompt, output, config_file, save_adapter, side_by_side, quiet, flags)
-
-
-def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
-    """Defaults ← model preset ← ``--config`` file ← flags, validated."""
-    file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
-    fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
-    for name in ("cache_dir", "adapter"):
-        if name in fields:
-            fields[name] = str(fields[name])
-    model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
-    file_values.pop("model", None)
-    return SMAConfig.for_model(model, **file_values).replace(**fields).validate()
-
-
-def _run(
-    input_path: Path,
-    prompt: str,
-    output: Path | None,
-    config_file: Path | None,
-    save_adapter: Path | None,
-    side_by_side: bool,
-    quiet: bool,
-    flags: dict[str, Any],
-) -> None:
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import check_output_path, export_to_video, read_frames, side_by_side as stack
 
@@ -177,7 +152,7 @@ def _run(
     if save_adapter is not None:
         result.adapter.save(save_adapter)
     if comparison is not None:
-        frames, _ = pipe.prepare_video(input_path, SMAConfig.from_dict(result.config))
+        frames, _ = pipe.prepare_video(input_path, config)
         export_to_video(stack((frames.permute(0, 2, 3, 1) + 1) / 2, result.frames[0]), comparison, fps=result.fps)
     write_run_record(
         record_path,
@@ -196,6 +171,18 @@ def _run(
     if not quiet:
         extra = "".join(f", {path}" for path in (save_adapter, comparison) if path is not None)
         click.echo(f"wrote {written}{extra} and {record_path}")
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
+    """Defaults ← model preset ← ``--config`` file ← flags, validated."""
+    file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
+    fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
+    for name in ("cache_dir", "adapter"):
+        if name in fields:
+            fields[name] = str(fields[name])
+    model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
+    file_values.pop("model", None)
+    return SMAConfig.for_model(model, **file_values).replace(**fields).validate()
 
 
 def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: Path) -> None:
