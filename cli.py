@@ -253,15 +253,24 @@ def bench() -> None:
 @click.option("--per-motion", type=click.IntRange(min=1), default=3, show_default=True, help="Pairs per motion (9 motions).")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Sampling seeds per pair.")
 @click.option("--methods", help="Comma-separated methods. [default: all but 'fine-tune + SMA (abs)']")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="JSON of SMAConfig fields over the model's preset (e.g. a sweep of optimization_steps).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes, split by pair. [default: one per CPU core (up to 4) on a CPU, 1 on a GPU]")
 @click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_quality.json"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-video lines.")
 @reports_user_errors
-def bench_quality(model: str, per_motion: int, seeds: int, methods: str | None, json_path: Path, device: str, quiet: bool) -> None:
+def bench_quality(
+    model: str, per_motion: int, seeds: int, methods: str | None, config_file: Path | None, workers: int | None,
+    json_path: Path, device: str, quiet: bool,
+) -> None:
     """Every method on a held-out set of shapes-world pairs: prints a markdown table, writes JSON."""
+    import torch
+
     from pipelines import SMAMotionTransferPipeline
     from pipelines.bench_quality import (
-        DEFAULT_METHODS, METHODS, held_out_pairs, markdown_table, run_benchmark, summarize, write_json,
+        DEFAULT_METHODS, METHODS, held_out_pairs, markdown_table, run_benchmark, run_parallel, summarize, write_json,
     )
 
     chosen = [m.strip() for m in methods.split(",")] if methods else DEFAULT_METHODS
@@ -269,9 +278,13 @@ def bench_quality(model: str, per_motion: int, seeds: int, methods: str | None, 
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
     check_json_path(json_path, flag="--output")
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
     pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
     pipe.set_progress_bar_config(disable=True)
-    pairs = held_out_pairs(per_motion)
+    config = pipe.default_config().replace(**overrides).validate()
+    if workers is None:
+        workers = 1 if pipe.device.type != "cpu" else max(1, min(4, torch.get_num_threads()))
+    pairs = held_out_pairs(per_motion, config.num_frames)
     clock = time.perf_counter()
 
     def report(record: dict[str, Any]) -> None:
@@ -283,14 +296,20 @@ def bench_quality(model: str, per_motion: int, seeds: int, methods: str | None, 
                 err=True,
             )
 
-    records = run_benchmark(pipe, chosen, pairs, seeds=tuple(range(seeds)), on_result=report)
+    if workers == 1:
+        records = run_benchmark(pipe, chosen, pairs, seeds=tuple(range(seeds)), base=config, on_result=report)
+    else:
+        del pipe  # each worker loads its own copy
+        job = dict(model=model, device=device, methods=chosen, per_motion=per_motion, num_frames=config.num_frames,
+                   seeds=list(range(seeds)), overrides=overrides)
+        records = run_parallel(job, workers, on_result=report)
     summary = summarize(records)
     table = markdown_table(summary, len(pairs) * seeds)
-    settings = {"model": model, "per_motion": per_motion, "seeds": seeds, "pairs": len(pairs),
-                "config": pipe.default_config().to_dict(), "seconds_total": time.perf_counter() - clock}
+    settings = {"model": model, "per_motion": per_motion, "seeds": seeds, "pairs": len(pairs), "workers": workers,
+                "config": config.to_dict(), "seconds_total": time.perf_counter() - clock}
     write_json(json_path, records, summary, settings)
     click.echo(table)
-    click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all)")
+    click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all, {workers} worker(s))")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from sma_guidance import shapes
@@ -33,6 +32,7 @@ from .components import build_small_video_model, build_word_tokenizer
 
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "shapes_model"
 MAX_TOKENS = 24
+TEMPORAL_PREFIXES = ("transformer_in.",)  # plus every "*.temp_convs.*" / "*.temp_attentions.*"
 
 
 def build_shapes_components(seed: int = 0) -> dict[str, Any]:
@@ -138,19 +138,36 @@ def train_unet(
     seed: int,
     log: dict,
     batch_size: int = 12,
+    temporal_lr_scale: float = 1.0,
+    high_noise_share: float = 0.0,
+    high_noise_from: int = 500,
+    max_snr_weight: float = 1.0,
 ) -> None:
     """Joint ε-prediction training of the UNet3D and the text encoder; resumes from ``workdir/unet.pt``."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     alphas = components["scheduler"].alphas_cumprod.float()
     checkpoint = workdir / "unet.pt"
     params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2)
+    # The temporal layers start as identities (zero-initialised last convs / projections) and move
+    # slowly at the shared learning rate; a recipe can give them a larger step (a variant we tried).
+    temporal = [p for n, p in unet.named_parameters() if n.startswith(TEMPORAL_PREFIXES) or ".temp_" in n]
+    chosen = {id(p) for p in temporal}
+    groups = [
+        {"params": [p for p in params if id(p) not in chosen], "scale": 1.0},
+        {"params": temporal, "scale": temporal_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=3e-4, weight_decay=1e-2)
     start = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
+        if len(state["optimizer"]["param_groups"]) == len(groups):
+            optimizer.load_state_dict(state["optimizer"])
+            for group, spec in zip(optimizer.param_groups, groups):
+                group["scale"] = spec["scale"]
+        else:  # a checkpoint from before the temporal group: its moments cannot be mapped, start afresh
+            print("optimizer state from an older recipe: Adam moments start afresh", flush=True)
         start = state["step"]
     rng = np.random.default_rng(seed + 1 + start)
     generator = torch.Generator().manual_seed(seed + start)
@@ -162,7 +179,7 @@ def train_unet(
     while step < steps and (minutes is None or time.time() - clock < minutes * 60):
         lr = 3e-4 * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         index = rng.integers(0, len(latents), batch_size)
         clean = latents[index] * components["vae"].config.scaling_factor
         captions = [
@@ -171,15 +188,22 @@ def train_unet(
         tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
         embedding = text_encoder(tokens.input_ids)[0]
         t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
+        if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
+            high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator)
+            t = torch.where(torch.rand(batch_size, generator=generator) < high_noise_share, high, t)
         noise = torch.randn(clean.shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=embedding).sample, noise)
+        error = (unet(noisy, t, encoder_hidden_states=embedding).sample - noise).pow(2)
+        # The motion phrase only tells the model something the noisy clip does not at high noise, where
+        # ε-MSE scales x0 errors by SNR ≪ 1; a recipe can weight by 1/SNR (capped) to stress those steps.
+        weight = ((1 - a) / a).clamp(1.0, max_snr_weight)
+        loss = (weight * error).mean() / weight.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(error.mean().item())  # plain ε-MSE, comparable across recipes
         step += 1
         if step % 100 == 0 or step == steps:
             recent = float(np.mean(losses[-100:]))
@@ -226,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=8000)
     parser.add_argument("--unet-minutes", type=float, default=None, help="stop the UNet stage after this long")
     parser.add_argument("--threads", type=int, default=None)
+    # Recipe variants tried on top of the shipped model (see the README); the defaults are its recipe.
+    parser.add_argument("--temporal-lr-scale", type=float, default=1.0, help="learning-rate factor of the temporal layers")
+    parser.add_argument("--high-noise-share", type=float, default=0.0, help="share of timesteps drawn from the noisier range")
+    parser.add_argument("--high-noise-from", type=int, default=500, help="first timestep of the noisier range")
+    parser.add_argument("--max-snr-weight", type=float, default=1.0, help="cap of the 1/SNR loss weight (1 = plain ε-MSE)")
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
     )
@@ -235,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log_path = args.workdir / "log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps})
+    log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
+                "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
+                "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight})
     components = build_shapes_components(args.seed)
     if args.init_from is not None and not (args.workdir / "unet.pt").exists():
         log.update(_init_from(components, args.init_from, args.workdir, args.vae_steps))
@@ -247,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     components["vae"].register_to_config(scaling_factor=scaling)
     log["vae_scaling_factor"] = scaling
 
-    train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log)
+    train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log,
+               temporal_lr_scale=args.temporal_lr_scale, high_noise_share=args.high_noise_share,
+               high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline

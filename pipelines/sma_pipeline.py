@@ -544,7 +544,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         """Invert, run the guided DDIM loop and decode; fills ``timings``."""
         clock = time.perf_counter()
         guided = timesteps[: config.num_guided_steps]
-        inverted, from_cache = self.invert(frames, source, config, sorted(set(guided) | {timesteps[0]}))
+        # Keep the latents a guided run of this config would need even when this run needs fewer
+        # (fine-tune mode, no optimization): the cached inversion then serves every mode.
+        span = timesteps[: max(config.num_guided_steps, round(config.guidance_fraction * len(timesteps)))]
+        inverted, from_cache = self.invert(frames, source, config, sorted(set(span) | {timesteps[0]}))
         timings["inversion"] = time.perf_counter() - clock
         timings["inversion_cached"] = float(from_cache)
 

@@ -7,7 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines import SMAMotionTransferPipeline
-from pipelines.bench_quality import METHODS, held_out_pairs, markdown_table, run_benchmark, summarize, write_json
+from pipelines.bench_quality import (
+    METHODS, held_out_pairs, markdown_table, run_benchmark, run_parallel, summarize, write_json,
+)
 from sma_guidance import shapes
 
 FAST = dict(num_frames=8, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False, train_steps=2)
@@ -54,9 +56,12 @@ def test_run_summarize_and_report(pipe, tmp_path, monkeypatch):
     records = run_benchmark(pipe, methods, pairs, seeds=(0, 1), base=base)
     assert len(records) == len(methods) * len(pairs) * 2
     assert len(trained) == len(pairs)  # "both" reuses the fine-tune + SMA adapter of each clip
+    assert [(r["method"], r["pair"], r["seed"]) for r in records] == [
+        (m, p.index, s) for m in methods for p in pairs for s in (0, 1)
+    ]
     for record in records:
         assert {"motion_fidelity", "motion_match", "color_match", "shape_match", "temporal_consistency", "seconds"} <= set(record)
-        assert record["seconds"] > 0
+        assert record["seconds"] > 0 and record["inversion_seconds"] > 0
     summary = summarize(records)
     assert list(summary) == methods
     table = markdown_table(summary, len(pairs) * 2)
@@ -73,3 +78,57 @@ def test_cli_rejects_unknown_method(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: unknown method 'magic'; choose from: {', '.join(METHODS)}"]
     assert not (tmp_path / "b.json").exists()
+
+
+def test_each_clip_is_inverted_once_for_all_zero_shot_methods_and_seeds(pipe, monkeypatch):
+    inversions = []
+    original = pipe.encode_video  # called only when an inversion is computed, not read from the cache
+    monkeypatch.setattr(pipe, "encode_video", lambda *a, **k: inversions.append(1) or original(*a, **k))
+    pairs = held_out_pairs(per_motion=1)[:2]
+    records = run_benchmark(pipe, ["inversion only", "DMT", "DMT + SMA"], pairs, seeds=(0, 1),
+                            base=pipe.default_config().replace(**FAST))
+    assert len(records) == 12 and len(inversions) == len(pairs)
+    for pair in pairs:
+        assert len({r["inversion_seconds"] for r in records if r["pair"] == pair.index}) == 1
+
+
+def test_parallel_workers_give_the_same_records(pipe):
+    """Two worker processes split the pairs; records come back complete, in order, with the scores
+    of an in-process run (up to float noise from the thread count)."""
+    methods, seeds = ["DMT + SMA"], (0,)
+    pairs = held_out_pairs(per_motion=1)[:3]
+    job = dict(model="tiny-random", device="cpu", methods=methods, per_motion=1, num_frames=8, seeds=list(seeds),
+               overrides=FAST)
+    parallel = [r for r in run_parallel(job, workers=2) if r["pair"] < 3]
+    local = run_benchmark(pipe, methods, pairs, seeds=seeds, base=pipe.default_config().replace(**FAST))
+    assert [(r["method"], r["pair"], r["seed"]) for r in parallel] == [(r["method"], r["pair"], r["seed"]) for r in local]
+    for a, b in zip(parallel, local):
+        assert a["temporal_consistency"] == pytest.approx(b["temporal_consistency"], abs=1e-3)
+
+
+def test_parallel_worker_failure_is_reported():
+    job = dict(model="tiny-random", device="cpu", methods=["DMT"], per_motion=1, num_frames=8, seeds=[0],
+               overrides={"optimization_steps": -1})
+    with pytest.raises(RuntimeError, match="optimization_steps"):
+        run_parallel(job, workers=2)
+
+
+def test_cli_runs_with_a_config_file_over_the_preset(tmp_path):
+    from cli import main
+
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps(FAST))
+    output = tmp_path / "b.json"
+    args = ["bench", "quality", "--model", "tiny-random", "--per-motion", "1", "--seeds", "1", "--methods", "inversion only",
+            "--config", str(config), "--workers", "1", "--output", str(output), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(output.read_text())
+    assert saved["settings"]["workers"] == 1 and len(saved["records"]) == 9
+    assert {k: saved["settings"]["config"][k] for k in FAST} == FAST
+    assert "| inversion only |" in result.output
+
+    config.write_text(json.dumps({"optimisation_steps": 3}))
+    result = CliRunner().invoke(main, [*args[:-3], "--output", str(tmp_path / "c.json")])
+    assert result.exit_code == 1 and "unknown configuration key(s) optimisation_steps" in result.output
+    assert not (tmp_path / "c.json").exists()

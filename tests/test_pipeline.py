@@ -157,6 +157,14 @@ def test_inversion_cache_hit_for_new_target_prompt(pipe, clip, tmp_path):
     assert len(list((tmp_path / "cache" / "inversions").glob("*.safetensors"))) == 2
 
 
+def test_unguided_run_caches_an_inversion_a_guided_run_can_use(pipe, clip, tmp_path):
+    unguided = pipe(clip, "a red square", **{**FAST, "optimization_steps": 0})
+    guided = pipe(clip, "a red square", **FAST)
+    assert unguided.timings["inversion_cached"] == 0 and guided.timings["inversion_cached"] == 1
+    fresh = pipe(clip, "a red square", inversion_cache=False, **FAST)
+    np.testing.assert_array_equal(guided.frames, fresh.frames)
+
+
 def test_corrupt_cache_file_is_a_miss(tmp_path):
     cache = InversionCache(tmp_path)
     cache.folder.mkdir(parents=True)
