@@ -229,6 +229,8 @@ def run_parallel(
             if process.is_alive():
                 process.terminate()
             process.join()
+        queue.close()  # release the queue's pipe and feeder thread before returning
+        queue.join_thread()
     return sort_records(records, job["methods"])
 
 
