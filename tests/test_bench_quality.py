@@ -98,8 +98,8 @@ def test_parallel_workers_give_the_same_records(pipe):
     methods, seeds = ["DMT + SMA"], (0,)
     pairs = held_out_pairs(per_motion=1)[:3]
     job = dict(model="tiny-random", device="cpu", methods=methods, per_motion=1, num_frames=8, seeds=list(seeds),
-               overrides=FAST)
-    parallel = [r for r in run_parallel(job, workers=2) if r["pair"] < 3]
+               overrides=FAST, pairs=[p.index for p in pairs])
+    parallel = run_parallel(job, workers=2)
     local = run_benchmark(pipe, methods, pairs, seeds=seeds, base=pipe.default_config().replace(**FAST))
     assert [(r["method"], r["pair"], r["seed"]) for r in parallel] == [(r["method"], r["pair"], r["seed"]) for r in local]
     for a, b in zip(parallel, local):
