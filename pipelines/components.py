@@ -23,6 +23,7 @@ from transformers.utils import logging as transformers_logging
 from sma_guidance.errors import UserError
 
 TINY_RANDOM = "tiny-random"
+ZEROSCOPE_ARCH = "zeroscope-arch"
 # Models that ship inside the package, by name.
 BUNDLED_MODELS = {"shapes": Path(__file__).resolve().parent / "shapes_model"}
 
@@ -63,6 +64,19 @@ def build_tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
+def _bpe_pieces(word: str, merges: list[tuple[str, str]]) -> list[str]:
+    """The pieces that CLIP's byte-pair encoding leaves of ``word`` with these ranked ``merges``."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
 def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer whose BPE merges rebuild each of ``words`` into one token.
 
@@ -75,13 +89,12 @@ def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenize
     vocab.update({char + "</w>": len(alphabet) + i for i, char in enumerate(alphabet)})
     merges: list[tuple[str, str]] = []
     for word in sorted(set(words)):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            if (pieces[0], pieces[1]) not in merges:
-                merges.append((pieces[0], pieces[1]))
-            vocab.setdefault(merged, len(vocab))
-            pieces = [merged, *pieces[2:]]
+        # BPE applies the lowest-ranked merge first, so a merge added for an earlier word (``r i`` from
+        # "right") can split a later one ("t ri ..."): follow the word's actual merge path and append a
+        # merge wherever the path stops short of one token.
+        while len(pieces := _bpe_pieces(word, merges)) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
@@ -170,6 +183,71 @@ def build_tiny_random(seed: int = 0) -> dict[str, Any]:
         torch.random.set_rng_state(generator_state)
 
 
+# Zeroscope's architecture (cerspense/zeroscope_v2_576w, the ModelScope text-to-video UNet3D with an
+# SD-2 VAE and OpenCLIP ViT-H/14 text tower), from its published component configs.
+ZEROSCOPE_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    "up_block_types": ("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": 64,
+}
+ZEROSCOPE_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 768,
+    "scaling_factor": 0.18215,
+}
+ZEROSCOPE_TEXT_CONFIG: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 23,
+    "num_attention_heads": 16,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "projection_dim": 512,
+}
+
+
+def build_zeroscope_arch(seed: int = 0) -> dict[str, Any]:
+    """Zeroscope's exact UNet3D / VAE / text-encoder architecture with seeded random weights (≈1.8 B
+    parameters, 7 GB in float32), built from the configs above without any download: for measuring
+    full-scale speed and memory anywhere. Its output is noise. The tokenizer is the byte-level one of
+    ``tiny-random`` (ids within the 49,408-token vocabulary; a real tokenizer would only change ids)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tokenizer = build_tiny_tokenizer(max_length=77)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**ZEROSCOPE_TEXT_CONFIG, bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id,
+                                                    pad_token_id=tokenizer.pad_token_id))
+        vae = AutoencoderKL(**ZEROSCOPE_VAE_CONFIG)
+        unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CONFIG)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    for module in (text_encoder, vae, unet):
+        module.eval()
+    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,13 +276,13 @@ def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | Non
     ``model`` is ``tiny-random``, a local diffusers folder, or a Hub id (downloaded once, then read
     from the local cache; safetensors are preferred when the repository has them).
     """
-    if model == TINY_RANDOM:
-        components = build_tiny_random()
+    if model in (TINY_RANDOM, ZEROSCOPE_ARCH):
+        components = build_tiny_random() if model == TINY_RANDOM else build_zeroscope_arch()
         if torch_dtype not in (None, torch.float32):
             for name in ("vae", "text_encoder", "unet"):
                 components[name].to(torch_dtype)
         pipe = pipeline_cls(**components)
-        pipe.register_to_config(_name_or_path=TINY_RANDOM)
+        pipe.register_to_config(_name_or_path=model)
         return pipe
 
     if model in BUNDLED_MODELS:
@@ -271,6 +349,8 @@ def _explain_load_error(model: str, local: bool, err: Exception) -> str:
 __all__ = [
     "BUNDLED_MODELS",
     "TINY_RANDOM",
+    "ZEROSCOPE_ARCH",
+    "build_zeroscope_arch",
     "build_small_video_model",
     "build_tiny_random",
     "build_tiny_tokenizer",

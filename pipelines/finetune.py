@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from sma_guidance.atomic import atomic_write
 from sma_guidance.errors import UserError
-from sma_guidance.vmc import motion_distillation_terms
+from sma_guidance.vmc import motion_distillation_terms, noise_from_prediction
 
 ADAPTER_FORMAT = "sma-guide-motion-adapter/1"
 
@@ -157,6 +157,7 @@ def train_motion_adapter(
     seed: int = 0,
     base_model: str = "",
     progress: Callable[[int], Any] | None = None,
+    prediction_type: str = "epsilon",
     **loss_settings: Any,
 ) -> MotionAdapter:
     """Fine-tune the temporal attention of ``unet`` on one clip and return the trained tensors.
@@ -173,6 +174,8 @@ def train_motion_adapter(
         alphas_cumprod: the scheduler's ᾱ, ``(num_train_timesteps,)``.
         latents: the clip's clean latents v₀ ``(1, C, F, h, w)``, scaled by the VAE factor.
         encoder_hidden_states: the source prompt's embedding ``(1, L, D)``.
+        prediction_type: what the UNet predicts, ``"epsilon"`` or ``"v_prediction"`` (the scheduler's
+            setting); the objective is computed on the noise estimate either way.
         **loss_settings: ``lambda_global``, ``lambda_local``, ``residual``, ``levels``,
             ``level_weights``, ``wavelet``, ``delta`` of :func:`motion_distillation_terms`.
     """
@@ -215,7 +218,8 @@ def train_motion_adapter(
             alpha_prod = alphas_cumprod[t]
             noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
             with autocast:
-                noise_pred = unet(noisy.to(model_dtype), t, encoder_hidden_states=encoder_hidden_states).sample
+                output = unet(noisy.to(model_dtype), t, encoder_hidden_states=encoder_hidden_states).sample
+            noise_pred = noise_from_prediction(output.float(), noisy, alpha_prod, prediction_type)
             terms = motion_distillation_terms(
                 *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
             )
@@ -248,6 +252,7 @@ def train_motion_adapter(
         "max_grad_norm": max_grad_norm,
         "trainable_modules": trainable_modules,
         "seed": seed,
+        "prediction_type": prediction_type,
         **loss_settings,
     }
     return MotionAdapter(
@@ -267,6 +272,7 @@ def evaluate_motion_objective(
     encoder_hidden_states: torch.Tensor,
     timesteps: tuple[int, ...] = (50, 150, 300, 450, 600, 750, 900),
     seed: int = 1234,
+    prediction_type: str = "epsilon",
     **loss_settings: Any,
 ) -> dict[str, float]:
     """The fine-tune objective averaged over fixed ``timesteps`` with seeded noise: a deterministic
@@ -281,7 +287,8 @@ def evaluate_motion_objective(
         noise = torch.randn(clean.shape, generator=generator).to(device)
         alpha_prod = alphas_cumprod[t]
         noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
-        noise_pred = unet(noisy.to(dtype), t, encoder_hidden_states=encoder_hidden_states).sample.float()
+        output = unet(noisy.to(dtype), t, encoder_hidden_states=encoder_hidden_states).sample.float()
+        noise_pred = noise_from_prediction(output, noisy, alpha_prod, prediction_type)
         terms = motion_distillation_terms(
             *(_frames_first(x) for x in (noise_pred, noise, clean, noisy)), alpha_prod, **loss_settings
         )

@@ -35,11 +35,12 @@ MAX_TOKENS = 24
 TEMPORAL_PREFIXES = ("transformer_in.",)  # plus every "*.temp_convs.*" / "*.temp_attentions.*"
 
 
-def build_shapes_components(seed: int = 0) -> dict[str, Any]:
+def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
     """Untrained components of the shapes model (same classes as Zeroscope's): 64×64 frames →
-    4×16×16 latents; text cross-attention only at 8×8, where it costs least."""
+    4×16×16 latents; text cross-attention only at 8×8, where it costs least; a DDIM scheduler with
+    Zeroscope's noise schedule that predicts ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``)."""
     torch.manual_seed(seed)
-    return build_small_video_model(
+    components = build_small_video_model(
         build_word_tokenizer(shapes.vocabulary(), max_length=MAX_TOKENS),
         text_width=64,
         vae_channels=(16, 32, 64),
@@ -50,6 +51,9 @@ def build_shapes_components(seed: int = 0) -> dict[str, Any]:
         norm_groups=16,
         vae_norm_groups=16,
     )
+    scheduler = components["scheduler"]
+    components["scheduler"] = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
+    return components
 
 
 def _frames_batch(rng: np.random.Generator, count: int) -> torch.Tensor:
@@ -143,9 +147,11 @@ def train_unet(
     high_noise_from: int = 500,
     max_snr_weight: float = 1.0,
 ) -> None:
-    """Joint ε-prediction training of the UNet3D and the text encoder; resumes from ``workdir/unet.pt``."""
+    """Joint training of the UNet3D and the text encoder on the scheduler's prediction type (ε or v);
+    resumes from ``workdir/unet.pt``."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     alphas = components["scheduler"].alphas_cumprod.float()
+    predicts_velocity = components["scheduler"].config.prediction_type == "v_prediction"
     checkpoint = workdir / "unet.pt"
     params = [*unet.parameters(), *text_encoder.parameters()]
     # The temporal layers start as identities (zero-initialised last convs / projections) and move
@@ -194,7 +200,10 @@ def train_unet(
         noise = torch.randn(clean.shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
-        error = (unet(noisy, t, encoder_hidden_states=embedding).sample - noise).pow(2)
+        # v = √ᾱ ε − √(1−ᾱ) x₀: its MSE weighs x₀ errors by 1/(1−ᾱ) instead of ε's SNR = ᾱ/(1−ᾱ), so
+        # the noisiest steps, the only ones where the motion phrase says what the clip cannot, count.
+        target = a.sqrt() * noise - (1 - a).sqrt() * clean if predicts_velocity else noise
+        error = (unet(noisy, t, encoder_hidden_states=embedding).sample - target).pow(2)
         # The motion phrase only tells the model something the noisy clip does not at high noise, where
         # ε-MSE scales x0 errors by SNR ≪ 1; a recipe can weight by 1/SNR (capped) to stress those steps.
         weight = ((1 - a) / a).clamp(1.0, max_snr_weight)
@@ -203,7 +212,7 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(error.mean().item())  # plain ε-MSE, comparable across recipes
+        losses.append(error.mean().item())  # plain MSE of the prediction, comparable across recipes
         step += 1
         if step % 100 == 0 or step == steps:
             recent = float(np.mean(losses[-100:]))
@@ -228,8 +237,9 @@ def _init_from(components: dict[str, Any], folder: Path, workdir: Path, vae_step
     from .sma_pipeline import SMAMotionTransferPipeline
 
     saved = SMAMotionTransferPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
-    for name in ("vae", "unet", "text_encoder"):
+    for name in ("vae", "unet"):
         components[name].load_state_dict(saved.components[name].state_dict())
+    _load_text_encoder(components, saved.text_encoder, saved.tokenizer)
     log = json.loads((folder / "training_log.json").read_text())
     _save_state(workdir / "vae.pt", model=components["vae"].state_dict(),
                 optimizer=torch.optim.AdamW(components["vae"].parameters()).state_dict(), step=vae_steps)
@@ -238,6 +248,20 @@ def _init_from(components: dict[str, Any], folder: Path, workdir: Path, vae_step
                 text_encoder=components["text_encoder"].state_dict(),
                 optimizer=torch.optim.AdamW(params).state_dict(), step=int(log.get("unet_steps", 0)))
     return log
+
+
+def _load_text_encoder(components: dict[str, Any], text_encoder: torch.nn.Module, tokenizer: Any) -> None:
+    """Copy a saved text encoder whose tokenizer may number the tokens differently: embedding rows are
+    matched by token string (a token new to this tokenizer keeps its fresh initialisation)."""
+    state = text_encoder.state_dict()
+    key = "embeddings.token_embedding.weight"
+    old_rows, new_rows = state.pop(key), components["text_encoder"].state_dict()[key].clone()
+    old_ids = tokenizer.get_vocab()
+    for token, new_id in components["tokenizer"].get_vocab().items():
+        if token in old_ids:
+            new_rows[new_id] = old_rows[old_ids[token]]
+    state[key] = new_rows
+    components["text_encoder"].load_state_dict(state)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--high-noise-share", type=float, default=0.0, help="share of timesteps drawn from the noisier range")
     parser.add_argument("--high-noise-from", type=int, default=500, help="first timestep of the noisier range")
     parser.add_argument("--max-snr-weight", type=float, default=1.0, help="cap of the 1/SNR loss weight (1 = plain ε-MSE)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
+                        help="what the UNet predicts (a variant we tried: v_prediction)")
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
     )
@@ -267,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
                 "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight})
-    components = build_shapes_components(args.seed)
+    log["prediction_type"] = args.prediction_type
+    components = build_shapes_components(args.seed, args.prediction_type)
     if args.init_from is not None and not (args.workdir / "unet.pt").exists():
         log.update(_init_from(components, args.init_from, args.workdir, args.vae_steps))
 

@@ -321,6 +321,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             seed=config.seed,
             base_model=self.model_name,
             progress=lambda total: self._progress(total, "Motion fine-tune"),
+            prediction_type=self.scheduler.config.prediction_type,
             lambda_global=config.train_lambda_global,
             lambda_local=config.train_lambda_local,
             residual=config.residual,

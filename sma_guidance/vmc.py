@@ -12,6 +12,26 @@ import torch.nn.functional as F
 from .spectral import frame_residuals, global_motion_loss, local_motion_loss
 
 RESIDUAL_MODES = ("signed", "abs")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def noise_from_prediction(
+    model_output: torch.Tensor, noisy: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str = "epsilon"
+) -> torch.Tensor:
+    """The noise estimate ε̂ from a UNet's output, so that the objective reads the same for every model.
+
+    Args:
+        model_output: ε̂ itself (``"epsilon"``, Zeroscope) or v̂ = √ᾱ ε̂ − √(1−ᾱ) v̂₀ (``"v_prediction"``,
+            Salimans & Ho 2022), in which case ε̂ = √ᾱ v̂ + √(1−ᾱ) v_t; any shape.
+        noisy: v_t, the UNet's input, same shape.
+        alpha_prod: ᾱ_t, a scalar tensor.
+    """
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_prod.sqrt() * model_output + (1 - alpha_prod).sqrt() * noisy
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
 
 def residual_alignment_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """VMC's motion distillation loss: mean over frame residuals n of 1 − cos(δε̂ⁿ, δεⁿ).
@@ -68,4 +88,5 @@ def motion_distillation_terms(
     return terms
 
 
-__all__ = ["RESIDUAL_MODES", "motion_distillation_terms", "residual_alignment_loss"]
+__all__ = ["PREDICTION_TYPES", "RESIDUAL_MODES", "motion_distillation_terms", "noise_from_prediction",
+           "residual_alignment_loss"]

@@ -664,3 +664,60 @@ def test_incompatible_adapter_in_the_pipeline_is_refused(pipe, clip, tmp_path):
     with pytest.raises(UserError, match="does not fit"):
         pipe(clip, "a red square", adapter=foreign, **FAST)
     assert changed_params(pipe.unet, before) == set()
+
+
+# ----------------------------------------------------------------------------- v-prediction models
+
+
+def test_noise_from_velocity_recovers_the_noise():
+    rng = np.random.default_rng(11)
+    clean, noise = (torch.from_numpy(rng.standard_normal((1, 3, 4, 5, 5))).float() for _ in range(2))
+    alpha = torch.tensor(0.3)
+    noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+    velocity = alpha.sqrt() * noise - (1 - alpha).sqrt() * clean  # Salimans & Ho's v
+    assert torch.allclose(vmc_module.noise_from_prediction(velocity, noisy, alpha, "v_prediction"), noise, atol=1e-6)
+    assert vmc_module.noise_from_prediction(noise, noisy, alpha) is noise
+    with pytest.raises(ValueError, match="prediction_type"):
+        vmc_module.noise_from_prediction(noise, noisy, alpha, "sample")
+
+
+class _AsVelocity(torch.nn.Module):
+    """The same model re-parametrised to predict v: v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂₀ with x̂₀ from ε̂."""
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.unet, self.alphas_cumprod = unet, alphas_cumprod
+
+    def forward(self, sample, t, encoder_hidden_states):
+        eps = self.unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample
+        a = self.alphas_cumprod[t]
+        clean = (sample - (1 - a).sqrt() * eps) / a.sqrt()
+        return _Output(a.sqrt() * eps - (1 - a).sqrt() * clean)
+
+
+class _Output:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+def test_a_velocity_model_gets_the_same_objective_as_its_noise_twin(pipe, clip_inputs):
+    latents, embedding = clip_inputs
+    ac = pipe.scheduler.alphas_cumprod.float()
+    as_noise = evaluate_motion_objective(pipe.unet, ac, latents, embedding)
+    as_velocity = evaluate_motion_objective(_AsVelocity(pipe.unet, ac), ac, latents, embedding,
+                                            prediction_type="v_prediction")
+    misread = evaluate_motion_objective(_AsVelocity(pipe.unet, ac), ac, latents, embedding)
+    assert as_velocity == pytest.approx(as_noise, rel=1e-4)
+    assert misread["total"] != pytest.approx(as_noise["total"], rel=1e-2)  # the conversion matters
+
+
+def test_the_pipeline_fine_tunes_a_velocity_model_on_its_noise_estimate(clip, monkeypatch):
+    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    seen = []
+    real = sma_pipeline_module.train_motion_adapter.__globals__["noise_from_prediction"]
+    monkeypatch.setitem(sma_pipeline_module.train_motion_adapter.__globals__, "noise_from_prediction",
+                        lambda *args: seen.append(args[3]) or real(*args))
+    adapter = pipe.train_motion(clip, train_steps=2, num_frames=4)
+    assert seen == ["v_prediction"] * 2 and adapter.settings["prediction_type"] == "v_prediction"

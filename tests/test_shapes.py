@@ -351,3 +351,14 @@ def test_rendering_is_fast():
     for _ in range(200):
         render(sample_clip_spec(rng))
     assert time.perf_counter() - start < 2.0
+
+
+def test_every_caption_word_is_one_token():
+    """Merges added for one word must not split another (``r i`` from "right" once split "triangle")."""
+    from pipelines.components import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(vocabulary(), max_length=24)
+    for word in vocabulary():
+        assert tokenizer.convert_ids_to_tokens(tokenizer(word).input_ids[1:-1]) == [word + "</w>"], word
+    text = "a cyan triangle moving in a circle counterclockwise on a dark blue background"
+    assert len(tokenizer(text).input_ids) == len(text.split()) + 2

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines import shapes_training
@@ -45,3 +46,69 @@ def test_temporal_layers_get_their_own_learning_rate_and_training_resumes(tmp_pa
     assert torch.load(tmp_path / "unet.pt", weights_only=False)["step"] == 3 and len(seen) == 3
     assert any(not torch.equal(before[n], p) for n, p in unet.named_parameters())
     json.dumps(log)  # the log stays writable as JSON
+
+
+class _Oracle(torch.nn.Module):
+    """Stands in for the UNet: returns ``answer(noisy)`` and keeps one trainable scalar."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer, self.scale = answer, torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, noisy, t, encoder_hidden_states):
+        return type("Output", (), {"sample": self.answer(noisy) * self.scale})()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_loss_targets_the_schedulers_prediction_type(tmp_path, monkeypatch, prediction_type):
+    """With a clean pool of zeros, x_t = √(1−ᾱ) ε, so ε = x_t / √(1−ᾱ) and v = √ᾱ ε: an oracle that
+    knows the right one has zero loss, the other not."""
+    components = shapes_training.build_shapes_components(seed=0, prediction_type=prediction_type)
+    assert components["scheduler"].config.prediction_type == prediction_type
+    alphas = components["scheduler"].alphas_cumprod.float()
+    seen_t = []
+    real_randint = torch.randint
+
+    def spy_randint(low, high, size, generator=None):
+        t = real_randint(low, high, size, generator=generator)
+        seen_t.append(t)
+        return t
+
+    monkeypatch.setattr(torch, "randint", spy_randint)
+
+    latents, specs = torch.zeros(4, 4, 8, 16, 16), _pool()[1]
+    losses = {}
+    for name in ("epsilon", "v_prediction"):
+        def answer(noisy, name=name):
+            a = alphas[seen_t[-1]].view(-1, 1, 1, 1, 1)
+            eps = noisy / (1 - a).sqrt()
+            return eps if name == "epsilon" else a.sqrt() * eps
+
+        components["unet"] = _Oracle(answer)
+        log = {}
+        (tmp_path / name).mkdir()
+        shapes_training.train_unet(components, latents, specs, tmp_path / name, steps=1, minutes=None, seed=0,
+                                   log=log, batch_size=2)
+        losses[name] = log["unet_final_loss_100"]
+    assert losses[prediction_type] < 1e-10
+    assert min(losses.values()) < 1e-10 < max(losses.values())
+
+
+def test_init_from_a_model_with_other_token_ids_matches_embeddings_by_token(tmp_path):
+    from pipelines.components import build_word_tokenizer
+
+    components = shapes_training.build_shapes_components(seed=0)
+    old_tokenizer = build_word_tokenizer(["moving", "red"], max_length=24)  # ids differ from the full vocabulary
+    old_encoder = shapes_training.build_shapes_components(seed=1)["text_encoder"]
+    old_encoder.resize_token_embeddings(len(old_tokenizer))
+    before = components["text_encoder"].get_input_embeddings().weight.detach().clone()
+    shapes_training._load_text_encoder(components, old_encoder, old_tokenizer)
+    new_rows = components["text_encoder"].get_input_embeddings().weight
+    old_rows = old_encoder.get_input_embeddings().weight
+    new_vocab, old_vocab = components["tokenizer"].get_vocab(), old_tokenizer.get_vocab()
+    assert new_vocab["red</w>"] != old_vocab["red</w>"]
+    for token in ("red</w>", "moving</w>", "a"):
+        assert torch.equal(new_rows[new_vocab[token]], old_rows[old_vocab[token]])
+    assert torch.equal(new_rows[new_vocab["circle</w>"]], before[new_vocab["circle</w>"]])  # unknown before: kept
+    layer = next(name for name in old_encoder.state_dict() if name.endswith("layers.0.mlp.fc1.weight"))
+    assert torch.equal(components["text_encoder"].state_dict()[layer], old_encoder.state_dict()[layer])
