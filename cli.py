@@ -126,6 +126,22 @@ def run_command(
     **flags: Any,
 ) -> None:
     """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
+    transfer(input_path, prompt, output, config_file, save_adapter, side_by_side, quiet, flags)
+
+
+def transfer(
+    input_path: Path,
+    prompt: str,
+    output: Path | None,
+    config_file: Path | None,
+    save_adapter: Path | None,
+    side_by_side: bool,
+    quiet: bool,
+    flags: dict[str, Any],
+    pipelines: dict[tuple[str, str, str], Any] | None = None,
+) -> Path:
+    """The run command's work (also one job of ``batch``): checks, the run, the files. ``pipelines``
+    caches loaded models by (model, device, dtype) across calls. Returns the run record's path."""
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import check_output_path, export_to_video, read_frames, side_by_side as stack
 
@@ -145,7 +161,12 @@ def run_command(
 
     from pipelines import SMAMotionTransferPipeline
 
-    pipe = SMAMotionTransferPipeline.load(config.model, device=config.device, dtype=config.dtype)
+    key = (config.model, config.device, config.dtype)
+    pipe = pipelines.get(key) if pipelines is not None else None
+    if pipe is None:
+        pipe = SMAMotionTransferPipeline.load(config.model, device=config.device, dtype=config.dtype)
+        if pipelines is not None:
+            pipelines[key] = pipe
     pipe.set_progress_bar_config(disable=quiet)
     result = pipe(video=input_path, prompt=prompt, config=config)
     written = export_to_video(result.frames[0], output, fps=result.fps)
@@ -154,6 +175,7 @@ def run_command(
     if comparison is not None:
         frames, _ = pipe.prepare_video(input_path, config)
         export_to_video(stack((frames.permute(0, 2, 3, 1) + 1) / 2, result.frames[0]), comparison, fps=result.fps)
+    # Written last: a record beside the output means the run finished (batch skips such jobs).
     write_run_record(
         record_path,
         {
@@ -171,6 +193,7 @@ def run_command(
     if not quiet:
         extra = "".join(f", {path}" for path in (save_adapter, comparison) if path is not None)
         click.echo(f"wrote {written}{extra} and {record_path}")
+    return record_path
 
 
 def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
@@ -245,7 +268,8 @@ def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str
 
 @main.group("bench")
 def bench() -> None:
-    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world)."""
+    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world) and
+    `sma-guide bench speed` (time and memory of each stage)."""
 
 
 @bench.command("quality")
@@ -310,6 +334,140 @@ def bench_quality(
     write_json(json_path, records, summary, settings)
     click.echo(table)
     click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all, {workers} worker(s))")
+
+
+@main.command("batch")
+@click.argument("jobs_path", metavar="JOBS.jsonl", type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True,
+              help="Device when not launched by accelerate (under `accelerate launch`, each process takes its GPU).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-job lines or progress bar.")
+@reports_user_errors
+def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
+    """Run every job of JOBS.jsonl (one JSON object per line: input, prompt, optional output and any
+    option of `sma-guide run` by its long name, e.g. "optimization-steps": 5), skipping finished ones.
+
+    On several GPUs: `accelerate launch --multi_gpu --num_processes N -m cli batch JOBS.jsonl` (one process per GPU,
+    jobs dealt round-robin). Paths in the file are relative to its folder.
+    """
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from pipelines.batch import assigned, is_finished, read_jobs
+
+    jobs = read_jobs(jobs_path, run_command)
+    outputs: dict[Path, int] = {}
+    for job in jobs:
+        output = (job.options.get("output") or _default_output(job.input)).resolve()
+        if output in outputs:
+            raise UserError(f"{jobs_path}: lines {outputs[output]} and {job.line} both write {output}; give each an \"output\"")
+        outputs[output] = job.line
+    # Without CUDA, accelerate forms its process group on the CPU (gloo) only when told so.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes > 1 or state.device.type == "cuda":
+        device = str(state.device)
+    mine = assigned(jobs, state.process_index, state.num_processes)
+    who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
+    pipelines: dict[tuple[str, str, str], Any] = {}
+    done = skipped = 0
+    failed: list[str] = []
+    for job in tqdm(mine, desc=f"{who}jobs", disable=quiet):
+        options = dict(job.options)
+        run_args = {name: options.pop(name, None) for name in ("output", "config_file", "save_adapter")}
+        side_by_side = bool(options.pop("side_by_side", False))
+        flags = {**options, "device": device}
+        output = run_args["output"] or _default_output(job.input)
+        try:
+            config = build_config(run_args["config_file"], flags)
+            if is_finished(_record_path(output), job, config.to_dict()):
+                skipped += 1
+                continue
+            transfer(job.input, job.prompt, output, run_args["config_file"], run_args["save_adapter"], side_by_side,
+                     True, flags, pipelines)
+            done += 1
+            if not quiet:
+                tqdm.write(f"{who}line {job.line}: wrote {output}")
+        except UserError as err:
+            failed.append(f"line {job.line}: {err}")
+            tqdm.write(f"{who}line {job.line}: error: {err}", file=sys.stderr)
+    click.echo(f"{who}{done} done, {skipped} already finished, {len(failed)} failed of {len(mine)} job(s)")
+    if failed:
+        sys.exit(1)
+
+
+def _int_list(text: str | None, what: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, e.g. 8,16,24,32 (got {text!r})") from None
+    return values
+
+
+def _size_list(text: str | None) -> tuple[tuple[int, int], ...]:
+    if not text:
+        return ()
+    sizes = []
+    for part in text.split(","):
+        try:
+            height, width = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--scaling-sizes takes HEIGHTxWIDTH pairs, e.g. 160x288,320x576 (got {part!r})") from None
+        sizes.append((height, width))
+    return tuple(sizes)
+
+
+@bench.command("speed")
+@click.option("--model", default="tiny-random", show_default=True,
+              help="tiny-random, shapes, zeroscope-arch (Zeroscope's architecture, random weights), a folder or a Hub id.")
+@click.option("--frames", type=int, help="Frames. [default: the model's preset]")
+@click.option("--height", type=int, help="Height, a multiple of 8. [default: the model's preset]")
+@click.option("--width", type=int, help="Width, a multiple of 8. [default: the model's preset]")
+@click.option("--steps", type=int, help="DDIM sampling steps of the whole run. [default: the model's preset]")
+@click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: the model's preset]")
+@click.option("--optimization-steps", type=int, help="Latent-optimization iterations per guided step (whole run).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed calls per stage.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed calls per stage.")
+@click.option("--whole-run/--no-whole-run", default=True, show_default=True, help="Also time one full run.")
+@click.option("--scaling-frames", help="Also time a guidance iteration at these frame counts, e.g. 8,16,24,32.")
+@click.option("--scaling-sizes", help="... and at these sizes, e.g. 160x288,320x576.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields over the preset.")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_speed.json"), show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-stage lines.")
+@reports_user_errors
+def bench_speed(
+    model: str, frames: int | None, height: int | None, width: int | None, steps: int | None,
+    inversion_steps: int | None, optimization_steps: int | None, device: str, dtype: str, warmup: int, repeats: int,
+    whole_run: bool, scaling_frames: str | None, scaling_sizes: str | None, config_file: Path | None,
+    json_path: Path, quiet: bool,
+) -> None:
+    """Time and peak memory of each stage of a run: prints a markdown table, writes JSON."""
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench_speed import markdown_table, run_speed_benchmark, write_record
+
+    check_json_path(json_path, flag="--output")
+    frame_counts, sizes = _int_list(scaling_frames, "--scaling-frames"), _size_list(scaling_sizes)
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.default_config().replace(**overrides).replace(
+        num_frames=frames, height=height, width=width, num_inference_steps=steps, inversion_steps=inversion_steps,
+        optimization_steps=optimization_steps, device=device, dtype=dtype,
+    ).validate()
+    for count in frame_counts:
+        config.replace(num_frames=count).validate()
+    for size_h, size_w in sizes:
+        config.replace(height=size_h, width=size_w).validate()
+    record = run_speed_benchmark(
+        pipe, config, warmup=warmup, repeats=repeats, whole_run=whole_run, scaling_frames=frame_counts,
+        scaling_sizes=sizes, log=None if quiet else (lambda message: click.echo(message, err=True)),
+    )
+    write_record(record, json_path)
+    click.echo(markdown_table(record))
+    click.echo(f"\nwrote {json_path}")
 
 
 if __name__ == "__main__":

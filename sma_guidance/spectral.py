@@ -6,6 +6,7 @@ frames on dim 1; a 4-D ``(F, C, H, W)`` tensor means ``B = 1``. Filters and weig
 the input's device and dtype, so the same code runs in float32/float64 on CPU and GPU.
 """
 
+import functools
 import warnings
 
 import pywt
@@ -109,17 +110,24 @@ def _wavelet(name):
     return wave
 
 
-def _dwt1d(levels, wavelet, like):
-    """A ``DWT1DForward`` with its filters in ``like``'s device and dtype."""
+@functools.lru_cache(maxsize=64)
+def _dwt_matrices(length, levels, wavelet):
+    """The multi-level DWT of a ``length``-sample series as matrices: ``x @ M`` for each band.
+
+    The DWT is linear, so transforming the identity basis with pytorch-wavelets (zero padding, as
+    pywt's ``mode="zero"``) gives its exact matrices, float64, approximation first then details from
+    finest to coarsest. One small matmul per band then replaces a convolution per level, whose backward
+    pass in pytorch-wavelets costs tens of times more for the short series of a clip's residuals.
+    """
     dwt = DWT1DForward(J=levels, wave=wavelet, mode="zero")
-    # pytorch-wavelets builds its filters in the default dtype (float32); casting those would cap
-    # float64 inputs at float32 precision, so rebuild them from pywt's float64 taps.
-    # The taps are reversed because conv1d computes a correlation.
+    # pytorch-wavelets builds its filters in float32; rebuild them from pywt's float64 taps
+    # (reversed: conv1d computes a correlation).
     wave = _wavelet(wavelet)
     for name, taps in (("h0", wave.dec_lo), ("h1", wave.dec_hi)):
-        filt = torch.tensor(taps[::-1], dtype=like.dtype, device=like.device).reshape(1, 1, -1)
-        setattr(dwt, name, filt)
-    return dwt
+        setattr(dwt, name, torch.tensor(taps[::-1], dtype=torch.float64).reshape(1, 1, -1))
+    basis = torch.eye(length, dtype=torch.float64).unsqueeze(1)  # (T, 1, T)
+    approx, details = dwt(basis)
+    return tuple(band.squeeze(1) for band in (approx, *details))  # each (T, L_band)
 
 
 def global_motion_loss(ref, pred, levels=None, level_weights=None, wavelet="haar"):
@@ -156,11 +164,10 @@ def global_motion_loss(ref, pred, levels=None, level_weights=None, wavelet="haar
             f"then finest to coarsest detail), got {len(level_weights)}"
         )
     # The DWT is linear, so transforming ref - pred gives the coefficient differences in one pass.
-    diff = (ref - pred).permute(0, 2, 3, 4, 1).reshape(-1, 1, t)  # (B*C*H*W, 1, T)
-    approx, details = _dwt1d(levels, wavelet, diff)(diff)  # details: finest first
-    loss = level_weights[0] * approx.abs().mean()
-    for weight, detail in zip(level_weights[1:], details):
-        loss = loss + weight * detail.abs().mean()
+    diff = (ref - pred).permute(0, 2, 3, 4, 1).reshape(-1, t)  # (B*C*H*W, T)
+    loss = 0
+    for weight, band in zip(level_weights, _dwt_matrices(t, levels, wavelet)):  # A, then D¹ ... Dᴶ
+        loss = loss + weight * (diff @ band.to(diff.device, diff.dtype)).abs().mean()
     return loss
 
 
@@ -181,10 +188,18 @@ def local_motion_loss(ref, pred, delta=0.05):
         Scalar tensor.
     """
     ref, pred = _batched_pair(ref, pred)
-    spec_ref = torch.fft.fftshift(torch.fft.fft2(ref), dim=(-2, -1))
-    spec_pred = torch.fft.fftshift(torch.fft.fft2(pred), dim=(-2, -1))
     h, w = ref.shape[-2:]
-    omega = low_frequency_weights(h, w, delta, device=ref.device, dtype=spec_ref.real.dtype)
-    amplitude = (omega * (spec_ref.abs() - spec_pred.abs()).abs()).mean()
-    phase = (omega * (torch.angle(spec_ref) - torch.angle(spec_pred)).abs()).mean()
+    # The residuals are real, so bin -k is the conjugate of bin k: same amplitude, opposite phase,
+    # hence the same gaps. The half spectrum of rfft2 then gives the full spectrum's weighted sums at
+    # half the cost, each column whose mirror it lacks weighted by ω(k) + ω(-k). ω is moved to the
+    # unshifted layout instead of shifting both spectra.
+    spec_ref, spec_pred = torch.fft.rfft2(ref), torch.fft.rfft2(pred)
+    omega = torch.fft.ifftshift(low_frequency_weights(h, w, delta, device=ref.device, dtype=spec_ref.real.dtype))
+    mirrored = torch.roll(torch.flip(omega, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # ω(-k)
+    paired = slice(1, (w + 1) // 2)  # columns 0 and (even w) w/2 hold their own mirrors
+    omega = omega[:, : w // 2 + 1].clone()
+    omega[:, paired] += mirrored[:, paired]
+    count = ref.numel()  # bins of the full spectra
+    amplitude = (omega * (spec_ref.abs() - spec_pred.abs()).abs()).sum() / count
+    phase = (omega * (torch.angle(spec_ref) - torch.angle(spec_pred)).abs()).sum() / count
     return amplitude + phase
