@@ -268,8 +268,9 @@ def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str
 
 @main.group("bench")
 def bench() -> None:
-    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world) and
-    `sma-guide bench speed` (time and memory of each stage)."""
+    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world),
+    `sma-guide bench speed` (time and memory of each stage) and `sma-guide bench inversion` (what fewer
+    inversion steps cost)."""
 
 
 @bench.command("quality")
@@ -467,6 +468,42 @@ def bench_speed(
     )
     write_record(record, json_path)
     click.echo(markdown_table(record))
+    click.echo(f"\nwrote {json_path}")
+
+
+@bench.command("inversion")
+@click.option("--model", default="shapes", show_default=True, help="A shapes-world model (the clips are shapes-world clips).")
+@click.option("--inversion-steps", "step_counts", default="25,50,100,250,999", show_default=True,
+              help="Inversion step counts to compare (each a multiple of the sampling steps, or 999).")
+@click.option("--per-motion", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Held-out clips per motion (those of bench quality).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_inversion.json"), show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-clip lines.")
+@reports_user_errors
+def bench_inversion(model: str, step_counts: str, per_motion: int, device: str, json_path: Path, quiet: bool) -> None:
+    """What fewer inversion steps cost: reconstruction PSNR and time per step count; prints a table, writes JSON."""
+    import json
+
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench_quality import held_out_pairs
+    from pipelines.bench_speed import inversion_table, run_inversion_study
+    from sma_guidance.atomic import atomic_write
+
+    check_json_path(json_path, flag="--output")
+    counts = _int_list(step_counts, "--inversion-steps")
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.default_config()
+    for count in counts:
+        config.replace(inversion_steps=count).validate()
+    pairs = held_out_pairs(per_motion, config.num_frames)
+    rows = run_inversion_study(pipe, config, [(p.frames, p.source_prompt) for p in pairs], counts,
+                               log=None if quiet else (lambda message: click.echo(message, err=True)))
+    with atomic_write(json_path) as tmp:
+        tmp.write_text(json.dumps({"model": model, "num_inference_steps": config.num_inference_steps,
+                                   "rows": rows}, indent=2) + "\n")
+    click.echo(inversion_table(rows))
     click.echo(f"\nwrote {json_path}")
 
 

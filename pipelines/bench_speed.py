@@ -259,6 +259,78 @@ def device_description(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# ------------------------------------------------------------------------------------ inversion steps
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two videos in [0, 1]."""
+    mse = float((a.float() - b.float()).pow(2).mean())
+    return float("inf") if mse == 0 else 10 * float(np.log10(1 / mse))
+
+
+@torch.no_grad()
+def inversion_reconstruction(
+    pipe: SMAMotionTransferPipeline, clip: np.ndarray, source_prompt: str, config: SMAConfig
+) -> dict[str, float]:
+    """How well a ``config.inversion_steps``-step DDIM inversion comes back: invert the clip to the
+    first sampling timestep, run plain DDIM (``config.num_inference_steps``, the source prompt, no
+    classifier-free guidance) back to t = 0 and compare, in PSNR, with the VAE's own reconstruction
+    (the inversion's error alone) and with the input. Also the inversion's seconds."""
+    frames, _ = pipe.prepare_video(clip, config)
+    pipe.scheduler.set_timesteps(config.num_inference_steps, device=pipe.device)
+    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    source = pipe.encode_prompt(source_prompt)
+    start = time.perf_counter()
+    inverted, _ = pipe.invert(frames, source, config.replace(inversion_cache=False), [timesteps[0]])
+    seconds = time.perf_counter() - start
+    latents = inverted[timesteps[0]]
+    embeddings = torch.cat([source, source])
+    for t in timesteps:
+        latents = pipe.denoise_step(latents, t, embeddings, 1.0)
+    video = pipe.decode_latents(latents)[0]  # (F, 3, H, W) in [0, 1]
+    autoencoded = pipe.decode_latents(pipe.encode_video(frames))[0]
+    frames = (frames.to(video.device) + 1) / 2  # prepare_video gives [-1, 1]
+    return {"psnr_vs_autoencoded": _psnr(video, autoencoded), "psnr_vs_input": _psnr(video, frames),
+            "inversion_seconds": seconds}
+
+
+def run_inversion_study(
+    pipe: SMAMotionTransferPipeline,
+    config: SMAConfig,
+    clips: list[tuple[np.ndarray, str]],
+    step_counts: tuple[int, ...],
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`inversion_reconstruction` of every ``(clip, source prompt)`` at each inversion step
+    count; one row per count with the means and the spread (min) of the PSNRs."""
+    rows = []
+    for steps in step_counts:
+        run_config = config.replace(inversion_steps=steps).validate()
+        results = []
+        for index, (clip, prompt) in enumerate(clips):
+            results.append(inversion_reconstruction(pipe, clip, prompt, run_config))
+            if log:
+                log(f"{steps} inversion steps: clip {index + 1}/{len(clips)} "
+                    f"PSNR {results[-1]['psnr_vs_autoencoded']:.1f} dB ({results[-1]['inversion_seconds']:.1f} s)")
+        rows.append({
+            "inversion_steps": steps,
+            "clips": len(results),
+            **{f"mean_{key}": float(np.mean([r[key] for r in results])) for key in results[0]},
+            **{f"min_{key}": float(np.min([r[key] for r in results])) for key in ("psnr_vs_autoencoded", "psnr_vs_input")},
+        })
+    return rows
+
+
+def inversion_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| inversion steps | s / clip | PSNR vs VAE reconstruction (mean, min) | PSNR vs input (mean, min) |",
+             "|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['inversion_steps']} | {row['mean_inversion_seconds']:.2f} | "
+            f"{row['mean_psnr_vs_autoencoded']:.1f} dB, {row['min_psnr_vs_autoencoded']:.1f} | "
+            f"{row['mean_psnr_vs_input']:.1f} dB, {row['min_psnr_vs_input']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------ reporting
 def _memory(value: int) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
@@ -302,4 +374,4 @@ def write_record(record: dict[str, Any], path: Path) -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["markdown_table", "measure", "measure_interleaved", "peak_rss_bytes", "run_speed_benchmark", "write_record"]
+__all__ = ["inversion_reconstruction", "inversion_table", "markdown_table", "measure", "measure_interleaved", "peak_rss_bytes", "run_inversion_study", "run_speed_benchmark", "write_record"]

@@ -129,3 +129,34 @@ def test_the_full_forward_variant_runs_the_layers_the_early_stop_skips(pipe):
         assert fired == [1]
     finally:
         handle.remove()
+
+
+def test_inversion_study_rows_and_the_reconstruction_it_compares(pipe, monkeypatch):
+    import numpy as np
+
+    from pipelines.bench_speed import _psnr, inversion_table, run_inversion_study
+
+    config = pipe.default_config().replace(**FAST).validate()
+    rng = np.random.default_rng(0)
+    clips = [(rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8), "a clip") for _ in range(2)]
+    rows = run_inversion_study(pipe, config, clips, (4, 8))
+    assert [row["inversion_steps"] for row in rows] == [4, 8] and all(row["clips"] == 2 for row in rows)
+    assert all(np.isfinite(row["mean_psnr_vs_input"]) and row["mean_inversion_seconds"] > 0 for row in rows)
+    assert "| 8 |" in inversion_table(rows)
+    a, b = torch.zeros(2, 3), torch.full((2, 3), 0.2)
+    assert _psnr(a, b) == pytest.approx(10 * np.log10(1 / 0.04))
+    # A lossless inversion and denoising give back exactly the VAE's reconstruction.
+    monkeypatch.setattr(pipe, "invert", lambda frames, source, cfg, keep: ({keep[0]: pipe.encode_video(frames)}, False))
+    monkeypatch.setattr(pipe, "denoise_step", lambda latents, *args: latents)
+    (row,) = run_inversion_study(pipe, config, clips[:1], (4,))
+    frames, _ = pipe.prepare_video(clips[0][0], config)
+    autoencoded = pipe.decode_latents(pipe.encode_video(frames))[0]
+    assert row["mean_psnr_vs_autoencoded"] == float("inf")
+    # ... and against the input, the VAE's own error, both as frames in [0, 1].
+    assert row["mean_psnr_vs_input"] == pytest.approx(_psnr(autoencoded, (frames + 1) / 2))
+
+
+def test_cli_bench_inversion_rejects_a_step_count_off_the_sampling_grid(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "inversion", "--model", "tiny-random", "--inversion-steps", "7",
+                                       "--output", str(tmp_path / "i.json")])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and not (tmp_path / "i.json").exists()
