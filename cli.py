@@ -139,9 +139,9 @@ def transfer(
     quiet: bool,
     flags: dict[str, Any],
     pipelines: dict[tuple[str, str, str], Any] | None = None,
-) -> Path:
+) -> None:
     """The run command's work (also one job of ``batch``): checks, the run, the files. ``pipelines``
-    caches loaded models by (model, device, dtype) across calls. Returns the run record's path."""
+    caches loaded models by (model, device, dtype) across calls."""
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import check_output_path, export_to_video, read_frames, side_by_side as stack
 
@@ -193,7 +193,6 @@ def transfer(
     if not quiet:
         extra = "".join(f", {path}" for path in (save_adapter, comparison) if path is not None)
         click.echo(f"wrote {written}{extra} and {record_path}")
-    return record_path
 
 
 def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
@@ -370,8 +369,7 @@ def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
     mine = assigned(jobs, state.process_index, state.num_processes)
     who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
     pipelines: dict[tuple[str, str, str], Any] = {}
-    done = skipped = 0
-    failed: list[str] = []
+    done = skipped = failed = 0
     for job in tqdm(mine, desc=f"{who}jobs", disable=quiet):
         options = dict(job.options)
         run_args = {name: options.pop(name, None) for name in ("output", "config_file", "save_adapter")}
@@ -389,9 +387,9 @@ def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
             if not quiet:
                 tqdm.write(f"{who}line {job.line}: wrote {output}")
         except UserError as err:
-            failed.append(f"line {job.line}: {err}")
+            failed += 1
             tqdm.write(f"{who}line {job.line}: error: {err}", file=sys.stderr)
-    click.echo(f"{who}{done} done, {skipped} already finished, {len(failed)} failed of {len(mine)} job(s)")
+    click.echo(f"{who}{done} done, {skipped} already finished, {failed} failed of {len(mine)} job(s)")
     if failed:
         sys.exit(1)
 
@@ -483,12 +481,9 @@ def bench_speed(
 @reports_user_errors
 def bench_inversion(model: str, step_counts: str, per_motion: int, device: str, json_path: Path, quiet: bool) -> None:
     """What fewer inversion steps cost: reconstruction PSNR and time per step count; prints a table, writes JSON."""
-    import json
-
     from pipelines import SMAMotionTransferPipeline
     from pipelines.bench_quality import held_out_pairs
-    from pipelines.bench_speed import inversion_table, run_inversion_study
-    from sma_guidance.atomic import atomic_write
+    from pipelines.bench_speed import inversion_table, run_inversion_study, write_record
 
     check_json_path(json_path, flag="--output")
     counts = _int_list(step_counts, "--inversion-steps")
@@ -500,9 +495,7 @@ def bench_inversion(model: str, step_counts: str, per_motion: int, device: str, 
     pairs = held_out_pairs(per_motion, config.num_frames)
     rows = run_inversion_study(pipe, config, [(p.frames, p.source_prompt) for p in pairs], counts,
                                log=None if quiet else (lambda message: click.echo(message, err=True)))
-    with atomic_write(json_path) as tmp:
-        tmp.write_text(json.dumps({"model": model, "num_inference_steps": config.num_inference_steps,
-                                   "rows": rows}, indent=2) + "\n")
+    write_record({"model": model, "num_inference_steps": config.num_inference_steps, "rows": rows}, json_path)
     click.echo(inversion_table(rows))
     click.echo(f"\nwrote {json_path}")
 

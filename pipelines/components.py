@@ -165,9 +165,8 @@ def build_small_video_model(
 def build_tiny_random(seed: int = 0) -> dict[str, Any]:
     """Components of a toy Zeroscope-shaped model with seeded random weights (≈1 M parameters);
     the VAE downsamples by 8 like Zeroscope's."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's random stream
+        torch.manual_seed(seed)
         return build_small_video_model(
             build_tiny_tokenizer(),
             text_width=32,
@@ -179,8 +178,6 @@ def build_tiny_random(seed: int = 0) -> dict[str, Any]:
             norm_groups=8,
             vae_norm_groups=4,
         )
-    finally:
-        torch.random.set_rng_state(generator_state)
 
 
 # Zeroscope's architecture (cerspense/zeroscope_v2_576w, the ModelScope text-to-video UNet3D with an
@@ -231,17 +228,14 @@ def build_zeroscope_arch(seed: int = 0) -> dict[str, Any]:
     parameters, 7 GB in float32), built from the configs above without any download: for measuring
     full-scale speed and memory anywhere. Its output is noise. The tokenizer is the byte-level one of
     ``tiny-random`` (ids within the 49,408-token vocabulary; a real tokenizer would only change ids)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         tokenizer = build_tiny_tokenizer(max_length=77)
         text_encoder = CLIPTextModel(CLIPTextConfig(**ZEROSCOPE_TEXT_CONFIG, bos_token_id=tokenizer.bos_token_id,
                                                     eos_token_id=tokenizer.eos_token_id,
                                                     pad_token_id=tokenizer.pad_token_id))
         vae = AutoencoderKL(**ZEROSCOPE_VAE_CONFIG)
         unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CONFIG)
-    finally:
-        torch.random.set_rng_state(generator_state)
     for module in (text_encoder, vae, unet):
         module.eval()
     scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
