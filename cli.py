@@ -111,6 +111,11 @@ def _record_path(output: Path) -> Path:
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU]")
+@click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="Attention kernel: PyTorch's fused SDPA or the explicit softmax. [default: sdpa]")
+@click.option("--activation-checkpointing", type=click.Choice(["off", "blocks", "layers"]),
+              help="Recompute UNet activations in the guidance backward: less memory, more time. [default: blocks; off in the tiny-random and shapes presets]")
+@click.option("--vae-batch-size", type=click.IntRange(min=1), help="Frames per VAE encode/decode call. [default: 1]")
+@click.option("--vae-tiling/--no-vae-tiling", default=None, help="VAE in tiles, for frames above its tile size. [default: off]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields (or a saved run's JSON).")
 @click.option("--side-by-side", is_flag=True, help="Also write OUT.side_by_side.mp4: (input | output).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -428,6 +433,9 @@ def _size_list(text: str | None) -> tuple[tuple[int, int], ...]:
 @click.option("--optimization-steps", type=int, help="Latent-optimization iterations per guided step (whole run).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True)
+@click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="[default: the config's, sdpa]")
+@click.option("--activation-checkpointing", type=click.Choice(["off", "blocks", "layers"]), help="[default: the model's config]")
+@click.option("--vae-batch-size", type=click.IntRange(min=1), help="[default: the config's, 1]")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed calls per stage.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed calls per stage.")
 @click.option("--whole-run/--no-whole-run", default=True, show_default=True, help="Also time one full run.")
@@ -439,7 +447,8 @@ def _size_list(text: str | None) -> tuple[tuple[int, int], ...]:
 @reports_user_errors
 def bench_speed(
     model: str, frames: int | None, height: int | None, width: int | None, steps: int | None,
-    inversion_steps: int | None, optimization_steps: int | None, device: str, dtype: str, warmup: int, repeats: int,
+    inversion_steps: int | None, optimization_steps: int | None, device: str, dtype: str, attention: str | None,
+    activation_checkpointing: str | None, vae_batch_size: int | None, warmup: int, repeats: int,
     whole_run: bool, scaling_frames: str | None, scaling_sizes: str | None, config_file: Path | None,
     json_path: Path, quiet: bool,
 ) -> None:
@@ -454,7 +463,8 @@ def bench_speed(
     pipe.set_progress_bar_config(disable=True)
     config = pipe.default_config().replace(**overrides).replace(
         num_frames=frames, height=height, width=width, num_inference_steps=steps, inversion_steps=inversion_steps,
-        optimization_steps=optimization_steps, device=device, dtype=dtype,
+        optimization_steps=optimization_steps, device=device, dtype=dtype, attention=attention,
+        activation_checkpointing=activation_checkpointing, vae_batch_size=vae_batch_size,
     ).validate()
     for count in frame_counts:
         config.replace(num_frames=count).validate()
@@ -466,6 +476,40 @@ def bench_speed(
     )
     write_record(record, json_path)
     click.echo(markdown_table(record))
+    click.echo(f"\nwrote {json_path}")
+
+
+@bench.command("memory")
+@click.option("--model", default="zeroscope-arch", show_default=True,
+              help="zeroscope-arch, tiny-random, shapes, a diffusers folder or a cached Hub id (only configs are read).")
+@click.option("--frames", type=int, help="Frames. [default: the model's preset]")
+@click.option("--height", type=int, help="Height, a multiple of 8. [default: the model's preset]")
+@click.option("--width", type=int, help="Width, a multiple of 8. [default: the model's preset]")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="[default: the config's, sdpa]")
+@click.option("--vae-batch-size", type=click.IntRange(min=1), help="[default: the config's, 1]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields over the preset.")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_memory.json"), show_default=True)
+@reports_user_errors
+def bench_memory(
+    model: str, frames: int | None, height: int | None, width: int | None, dtype: str, attention: str | None,
+    vae_batch_size: int | None, config_file: Path | None, json_path: Path,
+) -> None:
+    """Estimate a run's GPU memory at any size without a GPU or weights, for each activation-checkpointing
+    choice (fake tensors; a lower bound); prints a markdown table, writes JSON."""
+    import torch
+
+    from pipelines.bench_memory import estimate_memory, memory_table
+    from pipelines.bench_speed import write_record
+
+    check_json_path(json_path, flag="--output")
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
+    config = SMAConfig.for_model(model, **{k: v for k, v in overrides.items() if k != "model"}).replace(
+        num_frames=frames, height=height, width=width, attention=attention, vae_batch_size=vae_batch_size,
+    ).validate()
+    record = estimate_memory(model, config, getattr(torch, dtype))
+    write_record(record, json_path)
+    click.echo(memory_table(record))
     click.echo(f"\nwrote {json_path}")
 
 

@@ -39,6 +39,7 @@ import torch
 from sma_guidance.atomic import atomic_write
 from sma_guidance.config import SMAConfig
 from sma_guidance.features import FeatureRecorder
+from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 
 from .sma_pipeline import SMAMotionTransferPipeline, frozen
@@ -101,7 +102,7 @@ class _Stages:
         self.negative, self.target, self.source = (
             pipe.encode_prompt(text) for text in (config.negative_prompt, "a benchmark", config.source_prompt)
         )
-        self.latents = pipe.encode_video(self.frames).float()
+        self.latents = pipe.encode_video(self.frames, config.vae_batch_size).float()
         self.recorder = FeatureRecorder(pipe.unet, config.feature_layers, config.num_frames, stop_after_last=True)
         with self.recorder, torch.no_grad():
             self.reference = self.recorder.run(pipe._unet_call, self.latents, self.t, self.source)
@@ -118,9 +119,11 @@ class _Stages:
             self.pipe.unet, config.feature_layers, config.num_frames, stop_after_last=False
         )
 
+        checkpointed = checkpoint_units(self.pipe.unet, config.activation_checkpointing, config.feature_layers)
+
         def step() -> None:
             latents = self.latents.detach().clone().requires_grad_(True)
-            with recorder, frozen(self.pipe.unet), torch.enable_grad():
+            with recorder, frozen(self.pipe.unet), activation_checkpointing(self.pipe.unet, checkpointed), torch.enable_grad():
                 terms = self.pipe.guidance_objective(latents, self.t, self.target, self.reference, recorder, config)
                 terms["total"].backward()
 
@@ -155,7 +158,7 @@ class _Stages:
 
     def decode(self) -> None:
         with torch.no_grad():
-            self.pipe.decode_latents(self.latents)
+            self.pipe.decode_latents(self.latents, self.config.vae_batch_size)
 
     def whole_run(self) -> None:
         self.pipe(self.clip, "a benchmark", config=self.config.replace(inversion_cache=False), output_type="pt")
@@ -173,6 +176,20 @@ def run_speed_benchmark(
 ) -> dict[str, Any]:
     """Time every stage (see the module docstring) and, optionally, a guidance iteration at other
     frame counts and sizes. Returns a JSON-ready record."""
+    with pipe.speed_options(config):
+        return _run_speed_benchmark(pipe, config, warmup, repeats, whole_run, scaling_frames, scaling_sizes, log)
+
+
+def _run_speed_benchmark(
+    pipe: SMAMotionTransferPipeline,
+    config: SMAConfig,
+    warmup: int,
+    repeats: int,
+    whole_run: bool,
+    scaling_frames: tuple[int, ...],
+    scaling_sizes: tuple[tuple[int, int], ...],
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     device = pipe.device
     say = log or (lambda message: None)
     stages = _Stages(pipe, config)
@@ -214,6 +231,10 @@ def run_speed_benchmark(
         "lambda_global": config.lambda_global,
         "lambda_local": config.lambda_local,
         "memory": "CUDA allocator peak" if device.type == "cuda" else "process peak RSS so far",
+        "attention": config.attention,
+        "activation_checkpointing": config.activation_checkpointing,
+        "vae_batch_size": config.vae_batch_size,
+        "vae_tiling": config.vae_tiling,
         "stages": results,
         "sma_ratio": with_sma / without,
         "scaling": [],
@@ -350,7 +371,9 @@ def markdown_table(record: dict[str, Any]) -> str:
     """The stages table, the SMA ratio line and (when measured) the scaling table."""
     head = (
         f"{record['model']} · {record['frames']} × {record['height']} × {record['width']} · {record['dtype']} · "
-        f"{record['device']} · memory: {record['memory']}"
+        f"{record['device']} · memory: {record['memory']}\n\n"
+        f"attention {record['attention']} · activation checkpointing {record['activation_checkpointing']} · "
+        f"VAE batch {record['vae_batch_size']}{' · VAE tiling' if record['vae_tiling'] else ''}"
     )
     lines = [head, "", "| stage | median | spread (min–max) | repeats | peak memory |", "|---|---:|---:|---:|---:|"]
     for name, result in record["stages"].items():

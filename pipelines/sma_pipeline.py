@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -34,6 +35,7 @@ from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import sma_objective_terms
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
+from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
 
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
@@ -152,27 +154,52 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return frames, fps * config.num_frames / source_count
 
     @torch.no_grad()
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """VAE latents ``(1, C, F, h, w)`` (scaled) of frames ``(F, 3, H, W)``; the posterior mean is
-        used so that the latent, and the inversion cached from it, are deterministic."""
+    def encode_video(self, frames: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+        """VAE latents ``(1, C, F, h, w)`` (scaled) of frames ``(F, 3, H, W)``, ``batch_size`` frames
+        per VAE call; the posterior mean is used so that the latent, and the inversion cached from it,
+        are deterministic."""
         frames = frames.to(self.device, self.vae.dtype)
-        latents = torch.cat([self.vae.encode(frame[None]).latent_dist.mode() for frame in frames])
+        latents = torch.cat([self.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(batch_size)])
         latents = latents * self.vae.config.scaling_factor
         return latents.permute(1, 0, 2, 3)[None].float()
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F, h, w)``, one frame at a time."""
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+        """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F, h, w)``, ``batch_size`` frames
+        per VAE call."""
         frames = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        images = torch.cat([self.vae.decode(frame[None].to(self.vae.dtype)).sample for frame in frames])
+        images = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample for chunk in frames.split(batch_size)])
         return (images.float() / 2 + 0.5).clamp(0, 1)[None]
 
-    def _postprocess(self, latents: torch.Tensor, output_type: str) -> Any:
+    @contextlib.contextmanager
+    def speed_options(self, config: SMAConfig) -> Iterator[None]:
+        """Apply ``config.attention`` and ``config.vae_tiling`` to the models inside the block and
+        restore what was there before on exit (so one loaded pipeline serves runs with other settings)."""
+        processor = AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor()
+        saved = {name: model.attn_processors for name, model in (("unet", self.unet), ("vae", self.vae))}
+        tiling = bool(getattr(self.vae, "use_tiling", False))
+        try:
+            for model in (self.unet, self.vae):
+                model.set_attn_processor(processor)
+            if config.vae_tiling:
+                self.vae.enable_tiling()
+            else:
+                self.vae.disable_tiling()
+            yield
+        finally:
+            self.unet.set_attn_processor(saved["unet"])
+            self.vae.set_attn_processor(saved["vae"])
+            if tiling:
+                self.vae.enable_tiling()
+            else:
+                self.vae.disable_tiling()
+
+    def _postprocess(self, latents: torch.Tensor, output_type: str, vae_batch_size: int = 1) -> Any:
         """Latents as ``output_type``: "latent" as they are, "pt" frames ``(1, F, 3, H, W)``, "np"
         frames ``(1, F, H, W, 3)``, both in [0, 1]."""
         if output_type == "latent":
             return latents
-        video = self.decode_latents(latents)
+        video = self.decode_latents(latents, vae_batch_size)
         return video.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video
 
     @staticmethod
@@ -221,7 +248,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             cached = cache.load(key, self.device)
             if cached is not None and set(timesteps) <= set(cached):
                 return {t: cached[t].float() for t in timesteps}, True
-        latents = self.encode_video(frames)
+        latents = self.encode_video(frames, config.vae_batch_size)
         inverted = ddim_invert(
             lambda x, t, encoder_hidden_states: _Sample(self._unet_call(x, t, encoder_hidden_states)),
             dict(self.scheduler.config),
@@ -293,7 +320,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         optimized = latents.detach().clone().float().requires_grad_(True)
         optimizer = torch.optim.Adam([optimized], lr=learning_rate)
         history = []
-        with frozen(self.unet):
+        checkpointed = checkpoint_units(self.unet, config.activation_checkpointing, config.feature_layers)
+        with frozen(self.unet), activation_checkpointing(self.unet, checkpointed):
             for _ in range(config.optimization_steps):
                 optimizer.zero_grad(set_to_none=True)
                 terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
@@ -310,7 +338,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return train_motion_adapter(
             self.unet,
             self.scheduler.alphas_cumprod,
-            self.encode_video(frames),
+            self.encode_video(frames, config.vae_batch_size),
             source_embedding,
             steps=config.train_steps,
             learning_rate=config.train_learning_rate,
@@ -336,7 +364,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         or save it with ``adapter.save(path)``. Settings as for ``__call__`` (``train_steps``, ...)."""
         config = self._resolve_config(config, dict(source_prompt=source_prompt), config_overrides)
         frames, _ = self.prepare_video(video, config)
-        return self._train_adapter(frames, self.encode_prompt(config.source_prompt), config)
+        with self.speed_options(config):
+            return self._train_adapter(frames, self.encode_prompt(config.source_prompt), config)
 
     def _resolve_config(
         self, config: SMAConfig | None, explicit: dict[str, Any], overrides: dict[str, Any]
@@ -397,9 +426,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         )
         generator = torch.Generator("cpu").manual_seed(config.seed)
         latents = torch.randn(shape, generator=generator).to(self.device)
-        for t in self._progress_iter(self.scheduler.timesteps, "Sampling"):
-            latents = self.denoise_step(latents, int(t), embeddings, config.guidance_scale)
-        return SMAPipelineOutput(frames=self._postprocess(latents, output_type), config=config.to_dict(), fps=config.fps or 8.0)
+        with self.speed_options(config):
+            for t in self._progress_iter(self.scheduler.timesteps, "Sampling"):
+                latents = self.denoise_step(latents, int(t), embeddings, config.guidance_scale)
+            frames = self._postprocess(latents, output_type, config.vae_batch_size)
+        return SMAPipelineOutput(frames=frames, config=config.to_dict(), fps=config.fps or 8.0)
 
     def _progress_iter(self, iterable: Any, desc: str) -> Any:
         with self._progress(len(iterable), desc) as bar:
@@ -473,7 +504,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 ``downsample_factor=4``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
                 settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
-                ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``.
+                ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``, and the
+                memory / speed options ``attention="sdpa"``, ``activation_checkpointing="off"``,
+                ``vae_batch_size=1``, ``vae_tiling=False``.
 
         Returns:
             :class:`SMAPipelineOutput` with ``.frames``, ``.loss_history``, ``.config``, ``.fps``, ``.timings``.
@@ -512,12 +545,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
         if not isinstance(adapter, MotionAdapter):
             adapter = MotionAdapter.load(config.adapter) if config.adapter else None
-        if adapter is None and config.trains:
-            clock = time.perf_counter()
-            adapter = self._train_adapter(frames, source, config)
-            timings["fine_tune"] = time.perf_counter() - clock
-        with applied_adapter(self.unet, adapter, self.model_name):
-            output, loss_history = self._sample(frames, timesteps, negative, target, source, config, timings, output_type)
+        with self.speed_options(config):
+            if adapter is None and config.trains:
+                clock = time.perf_counter()
+                adapter = self._train_adapter(frames, source, config)
+                timings["fine_tune"] = time.perf_counter() - clock
+            with applied_adapter(self.unet, adapter, self.model_name):
+                output, loss_history = self._sample(
+                    frames, timesteps, negative, target, source, config, timings, output_type
+                )
         self.maybe_free_model_hooks()
 
         result = SMAPipelineOutput(
@@ -589,7 +625,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 bar.update()
 
         clock = time.perf_counter()
-        output = self._postprocess(latents, output_type)
+        output = self._postprocess(latents, output_type, config.vae_batch_size)
         timings["decode"] = time.perf_counter() - clock
         return output, loss_history
 

@@ -38,6 +38,8 @@ FEATURE_NORMALIZATIONS = ("none", "ref-rms")
 MODES = ("zero-shot", "fine-tune", "both")
 RESIDUALS = ("signed", "abs")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTIONS = ("sdpa", "classic")
+CHECKPOINTING = ("off", "blocks", "layers")
 
 
 @dataclass
@@ -106,6 +108,19 @@ class SMAConfig:
     residual: str = "signed"  # "abs": |δ| as in the official SMA code
     trainable_modules: str = r"(temp_attentions|transformer_in)\..*\.to_[qkv]$"
     gradient_checkpointing: bool = True
+
+    # Memory and speed (measured in the README, "Memory and speed options"); none changes the result
+    # beyond float rounding.
+    # "sdpa": PyTorch's fused scaled_dot_product_attention (flash / memory-efficient kernels on GPUs);
+    # "classic": diffusers' explicit softmax(QK^T)V, which materializes the attention matrix.
+    attention: str = "sdpa"
+    # Recompute activations in the guidance backward instead of keeping them: "blocks" (each UNet
+    # block) or "layers" (each resnet / transformer inside them; least memory, most time). "blocks"
+    # is what brings Zeroscope's 24 x 320 x 576 run under 16 GB (`sma-guide bench memory`: 17.9 GiB
+    # off, 10.9 blocks, 7.0 layers in float16); small models turn it off in their presets.
+    activation_checkpointing: str = "blocks"
+    vae_batch_size: int = 1  # frames per VAE encode/decode call (1: "VAE slicing", least memory)
+    vae_tiling: bool = False  # VAE in overlapping tiles: for frames larger than the VAE's tile size
 
     # Output.
     fps: float | None = None  # None: the input's frame rate
@@ -243,6 +258,15 @@ class SMAConfig:
             _require_float(name, getattr(self, name), positive=False)
         if self.dtype not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if self.attention not in ATTENTIONS:
+            raise UserError(f"attention must be one of {', '.join(ATTENTIONS)} (got {self.attention!r})")
+        if self.activation_checkpointing not in CHECKPOINTING:
+            raise UserError(
+                f"activation_checkpointing must be one of {', '.join(CHECKPOINTING)} (got {self.activation_checkpointing!r})"
+            )
+        _require_int("vae_batch_size", self.vae_batch_size, minimum=1)
+        if not isinstance(self.vae_tiling, bool):
+            raise UserError(f"vae_tiling must be true or false (got {self.vae_tiling!r})")
         self._validate_levels()
         return self
 
@@ -306,6 +330,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "height": 64,
         "width": 64,
         "inversion_steps": 50,
+        "activation_checkpointing": "off",
     },
     # The bundled model trained on the shapes world (pipelines/shapes_training.py); its own
     # vocabulary has no words for DMT's negative prompt.
@@ -322,6 +347,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         # the README compares them with 5 / 100 steps.
         "optimization_steps": 3,
         "train_steps": 60,
+        # A few MiB of activations: recomputing them would only cost time.
+        "activation_checkpointing": "off",
     },
 }
 

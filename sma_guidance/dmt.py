@@ -15,11 +15,11 @@ __all__ = ["dmt_loss", "sma_objective", "sma_objective_terms"]
 
 def _frame_pairs(frames, device):
     """Indices ``(i, j)`` of all ordered pairs of distinct frames, each ``(F·(F - 1),)``."""
-    i, j = torch.meshgrid(
-        torch.arange(frames, device=device), torch.arange(frames, device=device), indexing="ij"
-    )
-    off = i != j
-    return i[off], j[off]
+    # Arithmetic rather than a boolean mask: no data-dependent shapes, so the loss also runs on
+    # shape-only (fake / meta) tensors when memory is estimated.
+    i = torch.arange(frames, device=device).repeat_interleave(frames - 1)
+    j = (i + 1 + torch.arange(frames - 1, device=device).repeat(frames)) % frames
+    return i, j
 
 
 def dmt_loss(ref_features, pred_features):

@@ -11,6 +11,7 @@ import warnings
 
 import pywt
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .errors import UserError
 
@@ -118,7 +119,14 @@ def _dwt_matrices(length, levels, wavelet):
     pywt's ``mode="zero"``) gives its exact matrices, float64, approximation first then details from
     finest to coarsest. One small matmul per band then replaces a convolution per level, whose backward
     pass in pytorch-wavelets costs tens of times more for the short series of a clip's residuals.
+    The cache must hold real numbers: built outside any fake-tensor mode (``sma-guide bench memory``
+    runs the loss on shape-only tensors), so that a later real run never reads shape-only matrices.
     """
+    with unset_fake_temporarily():
+        return _identity_transform(length, levels, wavelet)
+
+
+def _identity_transform(length, levels, wavelet):
     dwt = DWT1DForward(J=levels, wave=wavelet, mode="zero")
     # pytorch-wavelets builds its filters in float32; rebuild them from pywt's float64 taps
     # (reversed: conv1d computes a correlation).

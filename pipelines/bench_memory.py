@@ -1,0 +1,203 @@
+"""Memory a run would need on a GPU, estimated anywhere, without the GPU and without the weights
+(``sma-guide bench memory``).
+
+The model is built from its configuration under PyTorch's ``FakeTensorMode``: tensors carry shapes
+and dtypes but no data, so Zeroscope at 24 × 320 × 576 "runs" on a laptop in seconds. Each stage —
+one guidance iteration (forward to the last recorded layer, the SMA objective, the backward to the
+latent), one denoising step, one VAE encode and decode call — runs through the pipeline's own code
+while :class:`~sma_guidance.memory.TensorMemory` counts the bytes of the tensors it creates. A run's
+estimated peak is the weights plus the largest stage.
+
+What it leaves out: the CUDA context (~0.3–0.5 GiB), the caching allocator's rounding and
+fragmentation, cuDNN / cuBLAS workspaces, and the latents kept between steps (a few MiB). Attention
+kernels are those PyTorch picks for CPU tensors of this dtype (fused, memory-efficient ones for
+``attention="sdpa"``, as on a GPU); ``attention="classic"`` materializes the attention matrix on both.
+So the figures are a lower bound on what ``torch.cuda.max_memory_allocated`` reports, not a
+measurement; ``sma-guide bench speed`` on a GPU measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sma_guidance.config import CHECKPOINTING, SMAConfig
+from sma_guidance.errors import UserError
+from sma_guidance.features import FeatureRecorder
+from sma_guidance.memory import TensorMemory, activation_checkpointing, checkpoint_units
+
+from .components import (
+    BUNDLED_MODELS,
+    TINY_RANDOM,
+    ZEROSCOPE_ARCH,
+    ZEROSCOPE_SCHEDULER_CONFIG,
+    ZEROSCOPE_TEXT_CONFIG,
+    ZEROSCOPE_UNET_CONFIG,
+    ZEROSCOPE_VAE_CONFIG,
+    build_tiny_random,
+    build_tiny_tokenizer,
+)
+from .sma_pipeline import SMAMotionTransferPipeline, frozen
+
+_GIB = 2**30
+
+
+def component_configs(model: str) -> dict[str, Any]:
+    """The UNet, VAE and text-encoder configurations of ``model`` (tiny-random, zeroscope-arch, a
+    bundled model, a diffusers folder, or a Hub id already in the local cache) — no weights read."""
+    if model == ZEROSCOPE_ARCH:
+        return {"unet": dict(ZEROSCOPE_UNET_CONFIG), "vae": dict(ZEROSCOPE_VAE_CONFIG),
+                "text_encoder": CLIPTextConfig(**ZEROSCOPE_TEXT_CONFIG)}
+    if model == TINY_RANDOM:
+        parts = build_tiny_random()
+        return {"unet": dict(parts["unet"].config), "vae": dict(parts["vae"].config),
+                "text_encoder": parts["text_encoder"].config}
+    source = str(BUNDLED_MODELS.get(model, model))
+    try:
+        return {
+            "unet": dict(UNet3DConditionModel.load_config(source, subfolder="unet")),
+            "vae": dict(AutoencoderKL.load_config(source, subfolder="vae")),
+            "text_encoder": CLIPTextConfig.from_pretrained(source, subfolder="text_encoder"),
+        }
+    except Exception as err:  # noqa: BLE001 — missing folder, not cached offline, not a UNet3D pipeline...
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot read the unet/vae/text_encoder configs of {model!r} ({detail}); pass tiny-random, shapes, "
+            f"zeroscope-arch, a diffusers folder, or a Hub id in the local cache"
+        ) from None
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, scheduler: DDIMScheduler) -> SMAMotionTransferPipeline:
+    """The pipeline with shape-only components in ``dtype`` (call inside ``FakeTensorMode``); the
+    scheduler is made outside it, so that its timesteps are real numbers."""
+    with _default_dtype(dtype):
+        unet = UNet3DConditionModel.from_config(configs["unet"]).eval()
+        vae = AutoencoderKL.from_config(configs["vae"]).eval()
+        text_encoder = CLIPTextModel(configs["text_encoder"]).eval()
+    return SMAMotionTransferPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_tiny_tokenizer(), unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def _bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> dict[str, int]:
+    """Bytes of tensors created by each stage at ``config``'s size and options (weights and the
+    stage's inputs excluded), the UNet at timestep ``t``. Works on real components as on fake ones;
+    the scheduler's timesteps must be set (``pipe.scheduler.set_timesteps``) before."""
+    unet, vae = pipe.unet, pipe.vae
+    dtype = unet.dtype
+    shape = (1, unet.config.in_channels, config.num_frames,
+             config.height // pipe.vae_scale_factor, config.width // pipe.vae_scale_factor)
+    text_shape = (1, pipe.text_encoder.config.max_position_embeddings, unet.config.cross_attention_dim)
+    weights = [*unet.parameters(), *unet.buffers(), *vae.parameters(), *vae.buffers()]
+    # Content does not change the cost, so zeros stand in for the clip, the latents and the prompt.
+    latents = torch.zeros(shape)
+    embedding = torch.zeros(text_shape, dtype=dtype)
+    recorder = FeatureRecorder(unet, config.feature_layers, config.num_frames, stop_after_last=True)
+    results: dict[str, int] = {}
+    with pipe.speed_options(config):
+        with recorder, torch.no_grad():
+            reference = recorder.run(pipe._unet_call, latents, t, embedding)
+        optimized = latents.clone().requires_grad_(True)
+        units = checkpoint_units(unet, config.activation_checkpointing, config.feature_layers)
+        counter = TensorMemory().exclude([*weights, latents, embedding, optimized, *reference.values()])
+        with counter, recorder, frozen(unet), activation_checkpointing(unet, units), torch.enable_grad():
+            terms = pipe.guidance_objective(optimized, t, embedding, reference, recorder, config)
+            terms["total"].backward()
+            del terms
+        results["guidance iteration"] = counter.peak
+
+        embeddings = torch.cat([embedding, embedding])
+        counter = TensorMemory().exclude([*weights, latents, embeddings])
+        with counter:
+            pipe.denoise_step(latents, t, embeddings, config.guidance_scale)
+        results["denoising step"] = counter.peak
+
+        count = min(config.vae_batch_size, config.num_frames)
+        frames = torch.zeros(count, 3, config.height, config.width)
+        counter = TensorMemory().exclude([*weights, frames])
+        with counter:
+            pipe.encode_video(frames, config.vae_batch_size)
+        results["VAE encode"] = counter.peak
+
+        few = latents[:, :, :count]
+        counter = TensorMemory().exclude([*weights, latents])
+        with counter:
+            pipe.decode_latents(few, config.vae_batch_size)
+        results["VAE decode"] = counter.peak
+    return results
+
+
+def estimate_memory(
+    model: str, config: SMAConfig, dtype: torch.dtype, checkpointing: tuple[str, ...] = CHECKPOINTING
+) -> dict[str, Any]:
+    """Estimated GPU memory of ``model`` at ``config`` in ``dtype``, for each activation-checkpointing
+    choice in ``checkpointing``: the weights, each stage and a run's peak. Returns a JSON-ready record."""
+    configs = component_configs(model)
+    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+    scheduler.set_timesteps(config.num_inference_steps)
+    t = int(scheduler.timesteps[0])
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        pipe = _fake_pipeline(configs, dtype, scheduler)
+        weights = {name: _bytes(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
+        columns = {}
+        for choice in checkpointing:
+            stages = stage_memory(pipe, config.replace(activation_checkpointing=choice), t)
+            columns[choice] = {"stages": stages, "peak_bytes": sum(weights.values()) + max(stages.values())}
+    return {
+        "model": model,
+        "frames": config.num_frames,
+        "height": config.height,
+        "width": config.width,
+        "dtype": str(dtype).replace("torch.", ""),
+        "attention": config.attention,
+        "vae_batch_size": config.vae_batch_size,
+        "feature_layers": list(config.feature_layers),
+        "method": "tensor bytes counted on fake (shape-only) tensors; no CUDA context, allocator overhead or workspaces",
+        "weights_bytes": weights,
+        "checkpointing": columns,
+    }
+
+
+def memory_table(record: dict[str, Any]) -> str:
+    """The estimate as markdown: one column per checkpointing choice, GiB."""
+    choices = list(record["checkpointing"])
+    weights = record["weights_bytes"]
+    head = (
+        f"{record['model']} · {record['frames']} × {record['height']} × {record['width']} · {record['dtype']} · "
+        f"attention {record['attention']} · VAE batch {record['vae_batch_size']} · estimated on fake tensors "
+        f"(a lower bound: no CUDA context, allocator overhead or workspaces)"
+    )
+    lines = [head, "", "| GiB | " + " | ".join(f"checkpointing {c}" for c in choices) + " |",
+             "|---|" + "---:|" * len(choices)]
+    parts = ", ".join(f"{name} {value / _GIB:.2f}" for name, value in weights.items())
+    lines.append(f"| weights ({parts}) | " + " | ".join(f"{sum(weights.values()) / _GIB:.2f}" for _ in choices) + " |")
+    for stage in record["checkpointing"][choices[0]]["stages"]:
+        values = [record["checkpointing"][c]["stages"][stage] / _GIB for c in choices]
+        lines.append(f"| {stage} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines.append("| **run peak** (weights + largest stage) | "
+                 + " | ".join(f"**{record['checkpointing'][c]['peak_bytes'] / _GIB:.2f}**" for c in choices) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["component_configs", "estimate_memory", "memory_table", "stage_memory"]
