@@ -174,17 +174,17 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     @contextlib.contextmanager
     def speed_options(self, config: SMAConfig) -> Iterator[None]:
         """Apply ``config.attention`` and ``config.vae_tiling`` to the models inside the block and
-        restore what was there before on exit (so one loaded pipeline serves runs with other settings)."""
+        restore what was there before on exit (so one loaded pipeline serves runs with other settings).
+        The attention kernel is always set; tiling is only switched on, so a caller's own
+        ``pipe.vae.enable_tiling()`` still holds with ``vae_tiling=False``."""
         processor = AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor()
         saved = {name: model.attn_processors for name, model in (("unet", self.unet), ("vae", self.vae))}
         tiling = bool(getattr(self.vae, "use_tiling", False))
         try:
             for model in (self.unet, self.vae):
                 model.set_attn_processor(processor)
-            if config.vae_tiling:
+            if config.vae_tiling:  # off leaves a pipe.vae.enable_tiling() of the caller's in place
                 self.vae.enable_tiling()
-            else:
-                self.vae.disable_tiling()
             yield
         finally:
             self.unet.set_attn_processor(saved["unet"])
@@ -505,7 +505,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
                 ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``, and the
-                memory / speed options ``attention="sdpa"``, ``activation_checkpointing="off"``,
+                memory / speed options ``attention="sdpa"``, ``activation_checkpointing="blocks"`` ("off" in
+                the small models' presets),
                 ``vae_batch_size=1``, ``vae_tiling=False``.
 
         Returns:

@@ -139,6 +139,13 @@ def test_speed_options_apply_inside_and_restore_after(pipe):
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
     assert {type(p) for p in pipe.vae.attn_processors.values()} == {AttnProcessor2_0}
     assert not pipe.vae.use_tiling
+    pipe.vae.enable_tiling()  # the diffusers way, by the caller: kept by a run without vae_tiling
+    try:
+        with pipe.speed_options(pipe.default_config()):
+            assert pipe.vae.use_tiling
+        assert pipe.vae.use_tiling
+    finally:
+        pipe.vae.disable_tiling()
 
 
 def test_vae_batches_match_frame_by_frame(pipe, clip):
