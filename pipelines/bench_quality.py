@@ -208,6 +208,7 @@ def run_parallel(
     for process in processes:
         process.start()
     records, running = [], workers
+    finished = False
     try:
         while running:
             try:
@@ -224,8 +225,12 @@ def run_parallel(
                 records.append(message)
                 if on_result:
                     on_result(message)
+        finished = True
     finally:
         for process in processes:
+            # A worker that reported its last record is exiting: let it run its exit handlers (they
+            # release its semaphores; a kill leaves one to the resource tracker's "leaked" warning).
+            process.join(timeout=60 if finished else 0)
             if process.is_alive():
                 process.terminate()
             process.join()

@@ -92,14 +92,22 @@ def test_each_clip_is_inverted_once_for_all_zero_shot_methods_and_seeds(pipe, mo
         assert len({r["inversion_seconds"] for r in records if r["pair"] == pair.index}) == 1
 
 
-def test_parallel_workers_give_the_same_records(pipe):
+def test_parallel_workers_give_the_same_records(pipe, monkeypatch):
     """Two worker processes split the pairs; records come back complete, in order, with the scores
-    of an in-process run (up to float noise from the thread count)."""
+    of an in-process run (up to float noise from the thread count). Workers that finished are left
+    to exit on their own, never killed (a kill leaks their semaphores)."""
+    import multiprocessing.context
+
+    killed = []
+    real_terminate = multiprocessing.context.SpawnProcess.terminate
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "terminate",
+                        lambda self: killed.append(self.pid) or real_terminate(self))
     methods, seeds = ["DMT + SMA"], (0,)
     pairs = held_out_pairs(per_motion=1)[:3]
     job = dict(model="tiny-random", device="cpu", methods=methods, per_motion=1, num_frames=8, seeds=list(seeds),
                overrides=FAST, pairs=[p.index for p in pairs])
     parallel = run_parallel(job, workers=2)
+    assert killed == []
     local = run_benchmark(pipe, methods, pairs, seeds=seeds, base=pipe.default_config().replace(**FAST))
     assert [(r["method"], r["pair"], r["seed"]) for r in parallel] == [(r["method"], r["pair"], r["seed"]) for r in local]
     for a, b in zip(parallel, local):
