@@ -422,12 +422,21 @@ def _size_list(text: str | None) -> tuple[tuple[int, int], ...]:
     return tuple(sizes)
 
 
+def _size_options(command: Any) -> Any:
+    """``--frames``, ``--height``, ``--width`` of the bench commands, defaulting to the model's preset."""
+    for option in (
+        click.option("--width", type=int, help="Width, a multiple of 8. [default: the model's preset]"),
+        click.option("--height", type=int, help="Height, a multiple of 8. [default: the model's preset]"),
+        click.option("--frames", type=int, help="Frames. [default: the model's preset]"),
+    ):
+        command = option(command)
+    return command
+
+
 @bench.command("speed")
 @click.option("--model", default="tiny-random", show_default=True,
               help="tiny-random, shapes, zeroscope-arch (Zeroscope's architecture, random weights), a folder or a Hub id.")
-@click.option("--frames", type=int, help="Frames. [default: the model's preset]")
-@click.option("--height", type=int, help="Height, a multiple of 8. [default: the model's preset]")
-@click.option("--width", type=int, help="Width, a multiple of 8. [default: the model's preset]")
+@_size_options
 @click.option("--steps", type=int, help="DDIM sampling steps of the whole run. [default: the model's preset]")
 @click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: the model's preset]")
 @click.option("--optimization-steps", type=int, help="Latent-optimization iterations per guided step (whole run).")
@@ -482,9 +491,7 @@ def bench_speed(
 @bench.command("memory")
 @click.option("--model", default="zeroscope-arch", show_default=True,
               help="zeroscope-arch, tiny-random, shapes, a diffusers folder or a cached Hub id (only configs are read).")
-@click.option("--frames", type=int, help="Frames. [default: the model's preset]")
-@click.option("--height", type=int, help="Height, a multiple of 8. [default: the model's preset]")
-@click.option("--width", type=int, help="Width, a multiple of 8. [default: the model's preset]")
+@_size_options
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
 @click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="[default: the config's, sdpa]")
 @click.option("--vae-batch-size", type=click.IntRange(min=1), help="[default: the config's, 1]")

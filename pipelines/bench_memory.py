@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from sma_guidance.config import CHECKPOINTING, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
-from sma_guidance.memory import TensorMemory, activation_checkpointing, checkpoint_units
+from sma_guidance.memory import TensorMemory
 
 from .components import (
     BUNDLED_MODELS,
@@ -43,7 +43,7 @@ from .components import (
     build_tiny_random,
     build_tiny_tokenizer,
 )
-from .sma_pipeline import SMAMotionTransferPipeline, frozen
+from .sma_pipeline import SMAMotionTransferPipeline
 
 _GIB = 2**30
 
@@ -119,9 +119,8 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> 
         with recorder, torch.no_grad():
             reference = recorder.run(pipe._unet_call, latents, t, embedding)
         optimized = latents.clone().requires_grad_(True)
-        units = checkpoint_units(unet, config.activation_checkpointing, config.feature_layers)
         counter = TensorMemory().exclude([*weights, latents, embedding, optimized, *reference.values()])
-        with counter, recorder, frozen(unet), activation_checkpointing(unet, units), torch.enable_grad():
+        with counter, recorder, pipe.guidance_backward(config), torch.enable_grad():
             terms = pipe.guidance_objective(optimized, t, embedding, reference, recorder, config)
             terms["total"].backward()
             del terms

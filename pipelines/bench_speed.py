@@ -39,10 +39,9 @@ import torch
 from sma_guidance.atomic import atomic_write
 from sma_guidance.config import SMAConfig
 from sma_guidance.features import FeatureRecorder
-from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 
-from .sma_pipeline import SMAMotionTransferPipeline, frozen
+from .sma_pipeline import SMAMotionTransferPipeline
 
 
 # ------------------------------------------------------------------------------------ measurement
@@ -119,11 +118,10 @@ class _Stages:
             self.pipe.unet, config.feature_layers, config.num_frames, stop_after_last=False
         )
 
-        checkpointed = checkpoint_units(self.pipe.unet, config.activation_checkpointing, config.feature_layers)
 
         def step() -> None:
             latents = self.latents.detach().clone().requires_grad_(True)
-            with recorder, frozen(self.pipe.unet), activation_checkpointing(self.pipe.unet, checkpointed), torch.enable_grad():
+            with recorder, self.pipe.guidance_backward(config), torch.enable_grad():
                 terms = self.pipe.guidance_objective(latents, self.t, self.target, self.reference, recorder, config)
                 terms["total"].backward()
 
@@ -177,74 +175,61 @@ def run_speed_benchmark(
     """Time every stage (see the module docstring) and, optionally, a guidance iteration at other
     frame counts and sizes. Returns a JSON-ready record."""
     with pipe.speed_options(config):
-        return _run_speed_benchmark(pipe, config, warmup, repeats, whole_run, scaling_frames, scaling_sizes, log)
-
-
-def _run_speed_benchmark(
-    pipe: SMAMotionTransferPipeline,
-    config: SMAConfig,
-    warmup: int,
-    repeats: int,
-    whole_run: bool,
-    scaling_frames: tuple[int, ...],
-    scaling_sizes: tuple[tuple[int, int], ...],
-    log: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    device = pipe.device
-    say = log or (lambda message: None)
-    stages = _Stages(pipe, config)
-    dmt_only = config.replace(lambda_global=0.0, lambda_local=0.0)
-    plan: list[tuple[str, Callable[[], None], int, int]] = [
-        ("inversion", stages.inversion, min(warmup, 1), repeats),
-        ("reference features", stages.reference_features, warmup, repeats),
-        ("guidance iteration, full forward", stages.guidance_iteration(config, early_stop=False), warmup, repeats),
-        ("SMA terms", stages.sma_terms, warmup, repeats),
-        ("denoising step", stages.denoising_step, warmup, repeats),
-        ("decode", stages.decode, warmup, repeats),
-    ]
-    if whole_run:
-        plan.append(("whole run", stages.whole_run, 0, 1))
-    results: dict[str, Any] = {}
-    say("timing a guidance iteration with and without the SMA terms, alternately ...")
-    results["guidance iteration"], results["guidance iteration, λg = λl = 0"] = measure_interleaved(
-        stages.guidance_iteration(config), stages.guidance_iteration(dmt_only), device, warmup, max(repeats, 5)
-    )
-    for name, fn, stage_warmup, stage_repeats in plan:
-        say(f"timing {name} ...")
-        results[name] = measure(fn, device, stage_warmup, stage_repeats)
-    order = ["inversion", "reference features", "guidance iteration", "guidance iteration, λg = λl = 0"]
-    results = {name: results[name] for name in [*order, *(n for n in results if n not in order)]}
-    with_sma = results["guidance iteration"]["median_s"]
-    without = results["guidance iteration, λg = λl = 0"]["median_s"]
-    record: dict[str, Any] = {
-        "model": pipe.model_name,
-        "device": device_description(device),
-        "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-        "frames": config.num_frames,
-        "height": config.height,
-        "width": config.width,
-        "inversion_steps_run": _inversion_steps_run(pipe, config, stages.t),
-        "num_inference_steps": config.num_inference_steps,
-        "optimization_steps": config.optimization_steps,
-        "feature_layers": list(config.feature_layers),
-        "lambda_global": config.lambda_global,
-        "lambda_local": config.lambda_local,
-        "memory": "CUDA allocator peak" if device.type == "cuda" else "process peak RSS so far",
-        "attention": config.attention,
-        "activation_checkpointing": config.activation_checkpointing,
-        "vae_batch_size": config.vae_batch_size,
-        "vae_tiling": config.vae_tiling,
-        "stages": results,
-        "sma_ratio": with_sma / without,
-        "scaling": [],
-        "config": config.to_dict(),
-    }
-    for frames in scaling_frames:
-        record["scaling"].append(_scaling_point(pipe, config.replace(num_frames=frames), warmup, repeats, say))
-    for height, width in scaling_sizes:
-        record["scaling"].append(_scaling_point(pipe, config.replace(height=height, width=width), warmup, repeats, say))
-    return record
+        device = pipe.device
+        say = log or (lambda message: None)
+        stages = _Stages(pipe, config)
+        dmt_only = config.replace(lambda_global=0.0, lambda_local=0.0)
+        plan: list[tuple[str, Callable[[], None], int, int]] = [
+            ("inversion", stages.inversion, min(warmup, 1), repeats),
+            ("reference features", stages.reference_features, warmup, repeats),
+            ("guidance iteration, full forward", stages.guidance_iteration(config, early_stop=False), warmup, repeats),
+            ("SMA terms", stages.sma_terms, warmup, repeats),
+            ("denoising step", stages.denoising_step, warmup, repeats),
+            ("decode", stages.decode, warmup, repeats),
+        ]
+        if whole_run:
+            plan.append(("whole run", stages.whole_run, 0, 1))
+        results: dict[str, Any] = {}
+        say("timing a guidance iteration with and without the SMA terms, alternately ...")
+        results["guidance iteration"], results["guidance iteration, λg = λl = 0"] = measure_interleaved(
+            stages.guidance_iteration(config), stages.guidance_iteration(dmt_only), device, warmup, max(repeats, 5)
+        )
+        for name, fn, stage_warmup, stage_repeats in plan:
+            say(f"timing {name} ...")
+            results[name] = measure(fn, device, stage_warmup, stage_repeats)
+        order = ["inversion", "reference features", "guidance iteration", "guidance iteration, λg = λl = 0"]
+        results = {name: results[name] for name in [*order, *(n for n in results if n not in order)]}
+        with_sma = results["guidance iteration"]["median_s"]
+        without = results["guidance iteration, λg = λl = 0"]["median_s"]
+        record: dict[str, Any] = {
+            "model": pipe.model_name,
+            "device": device_description(device),
+            "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "torch_threads": torch.get_num_threads(),
+            "frames": config.num_frames,
+            "height": config.height,
+            "width": config.width,
+            "inversion_steps_run": _inversion_steps_run(pipe, config, stages.t),
+            "num_inference_steps": config.num_inference_steps,
+            "optimization_steps": config.optimization_steps,
+            "feature_layers": list(config.feature_layers),
+            "lambda_global": config.lambda_global,
+            "lambda_local": config.lambda_local,
+            "memory": "CUDA allocator peak" if device.type == "cuda" else "process peak RSS so far",
+            "attention": config.attention,
+            "activation_checkpointing": config.activation_checkpointing,
+            "vae_batch_size": config.vae_batch_size,
+            "vae_tiling": config.vae_tiling,
+            "stages": results,
+            "sma_ratio": with_sma / without,
+            "scaling": [],
+            "config": config.to_dict(),
+        }
+        for frames in scaling_frames:
+            record["scaling"].append(_scaling_point(pipe, config.replace(num_frames=frames), warmup, repeats, say))
+        for height, width in scaling_sizes:
+            record["scaling"].append(_scaling_point(pipe, config.replace(height=height, width=width), warmup, repeats, say))
+        return record
 
 
 def _inversion_steps_run(pipe: SMAMotionTransferPipeline, config: SMAConfig, t_max: int) -> int:

@@ -298,6 +298,14 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 totals[key] = totals.get(key, 0) + value
         return totals
 
+    @contextlib.contextmanager
+    def guidance_backward(self, config: SMAConfig) -> Iterator[None]:
+        """The state of every guidance backward: frozen UNet weights (no weight gradients) and the
+        configured activation checkpointing."""
+        units = checkpoint_units(self.unet, config.activation_checkpointing, config.feature_layers)
+        with frozen(self.unet), activation_checkpointing(self.unet, units):
+            yield
+
     def optimize_latent(
         self,
         latents: torch.Tensor,
@@ -320,8 +328,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         optimized = latents.detach().clone().float().requires_grad_(True)
         optimizer = torch.optim.Adam([optimized], lr=learning_rate)
         history = []
-        checkpointed = checkpoint_units(self.unet, config.activation_checkpointing, config.feature_layers)
-        with frozen(self.unet), activation_checkpointing(self.unet, checkpointed):
+        with self.guidance_backward(config):
             for _ in range(config.optimization_steps):
                 optimizer.zero_grad(set_to_none=True)
                 terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
