@@ -74,6 +74,10 @@ def _comparison_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.side_by_side{output.suffix}")
 
 
+def _strip_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".strip.png")
+
+
 def _record_path(output: Path) -> Path:
     return output.with_suffix(".json")
 
@@ -97,6 +101,8 @@ def _record_path(output: Path) -> Path:
 @click.option("--lambda-local", type=float, help="Weight of the local (FFT) motion term. [default: 0.2]")
 @click.option("--levels", type=int, help="Haar wavelet levels. [default: deepest valid for the frame count]")
 @click.option("--delta", type=float, help="Exponent δ of the low-frequency weights. [default: 0.05]")
+@click.option("--downsample-factor", type=int, help="DMT's initial latent keeps the inversion's frequencies below 1/FACTOR of the latent size. [default: 4]")
+@click.option("--low-pass-grid", type=int, help="The same cut-off as a grid of N cells along the latent's shorter side (overrides --downsample-factor). [default: off; shapes: preset]")
 @click.option("--restart/--no-restart", "restart_sampling", default=None, help="DMT's restart sampling. [default: on]")
 @click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
@@ -118,6 +124,7 @@ def _record_path(output: Path) -> Path:
 @click.option("--vae-tiling/--no-vae-tiling", default=None, help="VAE in tiles, for frames above its tile size. [default: off]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields (or a saved run's JSON).")
 @click.option("--side-by-side", is_flag=True, help="Also write OUT.side_by_side.mp4: (input | output).")
+@click.option("--strip", is_flag=True, help="Also write OUT.strip.png: input frames over output frames, in one picture.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_user_errors
 def run_command(
@@ -127,11 +134,12 @@ def run_command(
     config_file: Path | None,
     save_adapter: Path | None,
     side_by_side: bool,
+    strip: bool,
     quiet: bool,
     **flags: Any,
 ) -> None:
     """Transfer the motion of INPUT (video file or folder of images) to PROMPT."""
-    transfer(input_path, prompt, output, config_file, save_adapter, side_by_side, quiet, flags)
+    transfer(input_path, prompt, output, config_file, save_adapter, side_by_side, quiet, flags, strip=strip)
 
 
 def transfer(
@@ -144,11 +152,14 @@ def transfer(
     quiet: bool,
     flags: dict[str, Any],
     pipelines: dict[tuple[str, str, str], Any] | None = None,
+    strip: bool = False,
 ) -> None:
     """The run command's work (also one job of ``batch``): checks, the run, the files. ``pipelines``
     caches loaded models by (model, device, dtype) across calls."""
     from pipelines.finetune import MotionAdapter
-    from sma_guidance.video_io import check_output_path, export_to_video, read_frames, side_by_side as stack
+    from sma_guidance.video_io import (
+        check_output_path, export_to_video, frame_strip, read_frames, save_image, side_by_side as stack,
+    )
 
     config = build_config(config_file, flags)
     if not prompt.strip():
@@ -159,6 +170,7 @@ def transfer(
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
     comparison = check_output_path(_comparison_path(output), input_path) if side_by_side else None
+    picture = _strip_path(output) if strip else None
     if config.adapter:
         MotionAdapter.load(config.adapter)  # a missing or foreign file fails before the model loads
     if save_adapter is not None:
@@ -177,9 +189,14 @@ def transfer(
     written = export_to_video(result.frames[0], output, fps=result.fps)
     if save_adapter is not None:
         result.adapter.save(save_adapter)
-    if comparison is not None:
+    if comparison is not None or picture is not None:
         frames, _ = pipe.prepare_video(input_path, config)
-        export_to_video(stack((frames.permute(0, 2, 3, 1) + 1) / 2, result.frames[0]), comparison, fps=result.fps)
+        shown = (frames.permute(0, 2, 3, 1) + 1) / 2
+        if comparison is not None:
+            export_to_video(stack(shown, result.frames[0]), comparison, fps=result.fps)
+        if picture is not None:
+            scale = max(1, 256 // max(config.height, config.width))  # small clips: pixels a person can see
+            save_image(frame_strip(shown, result.frames[0], scale=scale), picture)
     # Written last: a record beside the output means the run finished (batch skips such jobs).
     write_run_record(
         record_path,
@@ -196,7 +213,7 @@ def transfer(
         },
     )
     if not quiet:
-        extra = "".join(f", {path}" for path in (save_adapter, comparison) if path is not None)
+        extra = "".join(f", {path}" for path in (save_adapter, comparison, picture) if path is not None)
         click.echo(f"wrote {written}{extra} and {record_path}")
 
 
@@ -279,30 +296,42 @@ def bench() -> None:
 
 @bench.command("quality")
 @click.option("--model", default="shapes", show_default=True, help="Model to benchmark (a shapes-world model).")
-@click.option("--per-motion", type=click.IntRange(min=1), default=3, show_default=True, help="Pairs per motion (9 motions).")
-@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Sampling seeds per pair.")
-@click.option("--methods", help="Comma-separated methods. [default: all but 'fine-tune + SMA (abs)']")
+@click.option("--quick", is_flag=True,
+              help="The headline in minutes: one pair per motion, one seed, reconstruction / inversion only / DMT / DMT + SMA.")
+@click.option("--pairs", "pair_set", type=click.Choice(["held-out", "unseen-paths"]), default="held-out", show_default=True,
+              help="held-out: clips of every motion of the shapes world; unseen-paths: 5 paths none of its motions makes (spiral, S-curve, ...).")
+@click.option("--per-motion", type=click.IntRange(min=1), default=None, help="Pairs per motion (9 motions). [default: 3; --quick: 1]")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Sampling seeds per pair. [default: 2; --quick: 1]")
+@click.option("--methods", help="Comma-separated methods. [default: all but the ablations 'DMT + global', 'DMT + local', 'fine-tune + SMA (abs)'; --quick: its four]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="JSON of SMAConfig fields over the model's preset (e.g. a sweep of optimization_steps).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes, split by pair. [default: one per CPU core (up to 4) on a CPU, 1 on a GPU]")
-@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_quality.json"), show_default=True)
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Results JSON; OUTPUT.progress.jsonl holds a running benchmark's videos. [default: bench_quality.json; --quick: bench_quality_quick.json]")
+@click.option("--fresh", is_flag=True, help="Start over instead of continuing a stopped run with the same settings.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-video lines.")
 @reports_user_errors
 def bench_quality(
-    model: str, per_motion: int, seeds: int, methods: str | None, config_file: Path | None, workers: int | None,
-    json_path: Path, device: str, quiet: bool,
+    model: str, quick: bool, pair_set: str, per_motion: int | None, seeds: int | None, methods: str | None, config_file: Path | None,
+    workers: int | None, json_path: Path | None, fresh: bool, device: str, quiet: bool,
 ) -> None:
-    """Every method on a held-out set of shapes-world pairs: prints a markdown table, writes JSON."""
+    """Every method on a held-out set of shapes-world pairs: prints a markdown table and the paired
+    differences between methods, writes JSON. A stopped run continues where it was when run again."""
     import torch
 
     from pipelines import SMAMotionTransferPipeline
     from pipelines.bench_quality import (
-        DEFAULT_METHODS, METHODS, held_out_pairs, markdown_table, run_benchmark, run_parallel, summarize, write_json,
+        DEFAULT_METHODS, METHODS, QUICK_METHODS, ProgressLog, benchmark_pairs, comparison_lines, comparisons,
+        markdown_table, record_key, run_benchmark, run_parallel, sort_records, summarize, write_json,
     )
+    from pipelines.inversion import model_fingerprint
 
-    chosen = [m.strip() for m in methods.split(",")] if methods else DEFAULT_METHODS
+    per_motion = per_motion or (1 if quick else 3)
+    seeds = seeds or (1 if quick else 2)
+    json_path = json_path or Path("bench_quality_quick.json" if quick else "bench_quality.json")
+    chosen = [m.strip() for m in methods.split(",")] if methods else (QUICK_METHODS if quick else DEFAULT_METHODS)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
@@ -313,10 +342,21 @@ def bench_quality(
     config = pipe.default_config().replace(**overrides).validate()
     if workers is None:
         workers = 1 if pipe.device.type != "cpu" else max(1, min(4, torch.get_num_threads()))
-    pairs = held_out_pairs(per_motion, config.num_frames)
+    pairs = benchmark_pairs(pair_set, per_motion, config.num_frames)
+    progress = ProgressLog(
+        json_path.with_name(json_path.name + ".progress.jsonl"),
+        {"model": model, "weights": model_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder), "per_motion": per_motion,
+         "pairs": pair_set, "config": config.to_dict()},
+    )
+    wanted = {(m, p.index, s) for m in chosen for p in pairs for s in range(seeds)}
+    earlier = [] if fresh else [r for r in progress.load() if record_key(r) in wanted]
+    progress.start(earlier)
+    if earlier:
+        click.echo(f"continuing a stopped run: {len(earlier)} of {len(wanted)} videos already made ({progress.path})", err=True)
     clock = time.perf_counter()
 
     def report(record: dict[str, Any]) -> None:
+        progress.append(record)
         if not quiet:
             click.echo(
                 f"{record['method']:<16} pair {record['pair']:>2} seed {record['seed']} {record['motion']:<10} "
@@ -325,19 +365,25 @@ def bench_quality(
                 err=True,
             )
 
+    skip = frozenset(record_key(r) for r in earlier)
     if workers == 1:
-        records = run_benchmark(pipe, chosen, pairs, seeds=tuple(range(seeds)), base=config, on_result=report)
+        records = run_benchmark(pipe, chosen, pairs, seeds=tuple(range(seeds)), base=config, on_result=report, skip=skip)
     else:
         del pipe  # each worker loads its own copy
         job = dict(model=model, device=device, methods=chosen, per_motion=per_motion, num_frames=config.num_frames,
-                   seeds=list(range(seeds)), overrides=overrides)
+                   seeds=list(range(seeds)), overrides=overrides, skip=sorted(skip), pair_set=pair_set)
         records = run_parallel(job, workers, on_result=report)
+    records = sort_records(earlier + records, chosen)
     summary = summarize(records)
+    paired = comparisons(records)
     table = markdown_table(summary, len(pairs) * seeds)
-    settings = {"model": model, "per_motion": per_motion, "seeds": seeds, "pairs": len(pairs), "workers": workers,
-                "config": config.to_dict(), "seconds_total": time.perf_counter() - clock}
-    write_json(json_path, records, summary, settings)
+    settings = {"model": model, "pair_set": pair_set, "per_motion": per_motion, "seeds": seeds, "pairs": len(pairs), "workers": workers,
+                "config": config.to_dict(), "seconds_total": time.perf_counter() - clock, "resumed_videos": len(earlier)}
+    write_json(json_path, records, summary, settings, paired)
+    progress.remove()
     click.echo(table)
+    if paired:
+        click.echo("\n" + comparison_lines(paired))
     click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all, {workers} worker(s))")
 
 
@@ -379,6 +425,7 @@ def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
         options = dict(job.options)
         run_args = {name: options.pop(name, None) for name in ("output", "config_file", "save_adapter")}
         side_by_side = bool(options.pop("side_by_side", False))
+        strip = bool(options.pop("strip", False))
         flags = {**options, "device": device}
         output = run_args["output"] or _default_output(job.input)
         try:
@@ -387,7 +434,7 @@ def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
                 skipped += 1
                 continue
             transfer(job.input, job.prompt, output, run_args["config_file"], run_args["save_adapter"], side_by_side,
-                     True, flags, pipelines)
+                     True, flags, pipelines, strip=strip)
             done += 1
             if not quiet:
                 tqdm.write(f"{who}line {job.line}: wrote {output}")

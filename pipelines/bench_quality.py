@@ -14,6 +14,7 @@ with every method and two sampling seeds, and scored with :mod:`sma_guidance.met
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -35,6 +36,8 @@ from sma_guidance.config import SMAConfig
 HELD_OUT_SEED = 20251125
 
 METHODS: dict[str, dict[str, Any]] = {
+    # The metrics' ceiling: the exact inverted latent sampled with the clip's own caption, no guidance.
+    "reconstruction": {"optimization_steps": 0, "downsample_factor": 1, "low_pass_grid": None},
     "inversion only": {"optimization_steps": 0},
     "DMT": {"lambda_global": 0.0, "lambda_local": 0.0},
     "DMT + global": {"lambda_local": 0.0},
@@ -46,7 +49,19 @@ METHODS: dict[str, dict[str, Any]] = {
     # Not in the default run: the official SMA code's |δ| residuals, for the signed-vs-abs question.
     "fine-tune + SMA (abs)": {"mode": "fine-tune", "residual": "abs"},
 }
-DEFAULT_METHODS = [name for name in METHODS if name != "fine-tune + SMA (abs)"]
+# Sampled with the clip's own caption (source prompt) and scored against it.
+SOURCE_PROMPT_METHODS = frozenset({"reconstruction"})
+# The single-term ablations and the |δ| variant run on request (--methods): leaving them out keeps the
+# default run under an hour on a 2-core CPU at DMT's optimization budget.
+OPTIONAL_METHODS = ("DMT + global", "DMT + local", "fine-tune + SMA (abs)")
+DEFAULT_METHODS = [name for name in METHODS if name not in OPTIONAL_METHODS]
+# `sma-guide bench quality --quick`: the headline (one pair per motion, one seed).
+QUICK_METHODS = ["reconstruction", "inversion only", "DMT", "DMT + SMA"]
+# Paired differences reported under the table: (method, baseline).
+COMPARISONS = (
+    ("DMT + SMA", "DMT"), ("DMT + global", "DMT"), ("DMT + local", "DMT"), ("DMT", "inversion only"),
+    ("fine-tune + SMA", "fine-tune"),
+)
 
 METRICS = (
     "motion_fidelity", "motion_match", "color_match", "shape_match", "temporal_consistency", "seconds", "inversion_seconds",
@@ -55,17 +70,27 @@ METRICS = (
 
 @dataclass(frozen=True)
 class Pair:
-    """One benchmark item: an input clip, its caption (source prompt) and a target prompt."""
+    """One benchmark item: an input clip, its caption (source prompt) and a target prompt. ``spec`` is
+    the clip's :class:`shapes.ClipSpec`, or ``None`` for a path outside the world's motions (``path``
+    names it)."""
 
     index: int
-    spec: shapes.ClipSpec
+    spec: shapes.ClipSpec | None
     frames: np.ndarray  # (F, 64, 64, 3) uint8
     source_prompt: str
     target_prompt: str
+    path: str = ""
 
     @property
     def motion(self) -> str:
-        return self.spec.objects[0].motion
+        return self.spec.objects[0].motion if self.spec is not None else self.path
+
+
+def _target_prompt(rng: np.random.Generator, color: str, shape: str) -> str:
+    """An appearance-only prompt of another colour and shape than the clip's, on any background."""
+    other_color = str(rng.choice([c for c in shapes.COLORS if c != color]))
+    other_shape = str(rng.choice([s for s in shapes.SHAPES if s != shape]))
+    return f"a {other_color} {other_shape} on a {rng.choice(list(shapes.BACKGROUNDS))} background"
 
 
 def held_out_pairs(per_motion: int = 3, num_frames: int = 8, seed: int = HELD_OUT_SEED) -> list[Pair]:
@@ -76,33 +101,91 @@ def held_out_pairs(per_motion: int = 3, num_frames: int = 8, seed: int = HELD_OU
         for _ in range(per_motion):
             spec = shapes.sample_clip_spec(rng, num_frames=num_frames, p_two=0, motion=motion)
             obj = spec.objects[0]
-            color = str(rng.choice([c for c in shapes.COLORS if c != obj.color]))
-            shape = str(rng.choice([s for s in shapes.SHAPES if s != obj.shape]))
-            background = str(rng.choice(list(shapes.BACKGROUNDS)))
             pairs.append(
                 Pair(
                     index=len(pairs),
                     spec=spec,
                     frames=shapes.render(spec),
                     source_prompt=shapes.caption(spec, drop_motion=True),
-                    target_prompt=f"a {color} {shape} on a {background} background",
+                    target_prompt=_target_prompt(rng, obj.color, obj.shape),
                 )
             )
     return pairs
 
 
-def score(pair: Pair, output: np.ndarray) -> dict[str, float]:
-    """Metrics of one output ``(F, H, W, 3)`` uint8 against its pair."""
-    result = metrics.evaluate(pair.frames, output, prompt=pair.target_prompt, method="shapes")
+PAIR_SETS = ("held-out", "unseen-paths")
+
+
+def benchmark_pairs(pair_set: str = "held-out", per_motion: int = 3, num_frames: int = 8) -> list[Pair]:
+    """The pairs of a benchmark run: ``"held-out"`` (:func:`held_out_pairs`, ``per_motion`` for every
+    motion) or ``"unseen-paths"`` (:func:`unseen_path_pairs`)."""
+    if pair_set == "unseen-paths":
+        return unseen_path_pairs(num_frames)
+    return held_out_pairs(per_motion, num_frames)
+
+
+def unseen_paths(num_frames: int = 8) -> dict[str, np.ndarray]:
+    """Centre paths ``(F, 2)`` (pixels, 64-px frames, y down) that none of the world's motions makes:
+    the check that transfer follows the clip, not a motion the model knows."""
+    t = np.linspace(0.0, 1.0, num_frames)
+    radius, angle = 18 - 13 * t, 1.75 * np.pi * t
+    ease = np.concatenate([np.full(num_frames // 2, 0.0), np.linspace(0.0, 1.0, num_frames - num_frames // 2)])
+    corner = np.minimum(t, 0.5) * 2, np.maximum(t - 0.5, 0) * 2
+    return {
+        "spiral": np.stack([32 + radius * np.cos(angle), 32 - radius * np.sin(angle)], 1),
+        "s-curve": np.stack([12 + 40 * t, 32 + 13 * np.sin(2 * np.pi * t)], 1),
+        "v-shape": np.stack([12 + 40 * t, 14 + 36 * (1 - np.abs(2 * t - 1))], 1),
+        "stop-and-go": np.stack([12 + 40 * (0.15 * t + 0.85 * ease), 20 + 24 * t], 1),
+        "l-turn": np.stack([12 + 30 * corner[0], 14 + 36 * corner[1]], 1),
+    }
+
+
+def unseen_path_pairs(num_frames: int = 8, seed: int = HELD_OUT_SEED + 1) -> list[Pair]:
+    """One pair per :func:`unseen_paths` path: a random object drawn along it, an appearance-only target."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for name, path in unseen_paths(num_frames).items():
+        color, shape = str(rng.choice(list(shapes.COLORS))), str(rng.choice(list(shapes.SHAPES)))
+        background = str(rng.choice(list(shapes.BACKGROUNDS)))
+        frames = shapes.render_path(path, shape, color, float(rng.uniform(12, 18)), background)
+        pairs.append(Pair(index=len(pairs), spec=None, frames=frames, path=name,
+                          source_prompt=f"a {color} {shape} on a {background} background",
+                          target_prompt=_target_prompt(rng, color, shape)))
+    return pairs
+
+
+def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str, float]:
+    """Metrics of one output ``(F, H, W, 3)`` uint8 against its pair; ``prompt`` (default the pair's
+    target prompt) is what the colour and shape must match."""
+    result = metrics.evaluate(pair.frames, output, prompt=prompt or pair.target_prompt, method="shapes")
     detected = metrics.detect_object(output)
-    moved = detected is not None and metrics.motion_direction_match(detected["centroids"], pair.motion)
+    if pair.motion in shapes.MOTIONS:
+        moved = float(detected is not None and metrics.motion_direction_match(detected["centroids"], pair.motion))
+    else:  # a path outside the world's motions has no class to match: fidelity alone says it
+        moved = math.nan
     return {
         "motion_fidelity": float(result["motion_fidelity"]),
-        "motion_match": float(moved),
+        "motion_match": moved,
         "color_match": float(bool(result.get("color_match", False))),
         "shape_match": float(bool(result.get("shape_match", False))),
         "temporal_consistency": float(result["temporal_consistency"]),
     }
+
+
+def method_config(base: SMAConfig, name: str, pair: Pair) -> SMAConfig:
+    """``base`` with method ``name``'s settings (``None`` included: it clears a preset's value) and the
+    pair's caption as the source prompt."""
+    return dataclasses.replace(base, **METHODS[name]).replace(source_prompt=pair.source_prompt).validate()
+
+
+def method_prompt(name: str, pair: Pair) -> str:
+    """The prompt method ``name`` samples with, and is scored against."""
+    return pair.source_prompt if name in SOURCE_PROMPT_METHODS else pair.target_prompt
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, int, int]:
+    """What identifies one video of a run: ``(method, pair, seed)``."""
+    return record["method"], int(record["pair"]), int(record["seed"])
 
 
 def run_benchmark(
@@ -112,9 +195,11 @@ def run_benchmark(
     seeds: tuple[int, ...] = (0, 1),
     base: SMAConfig | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    skip: frozenset[tuple[str, int, int]] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Run every method on every pair and seed; returns one record per (method, pair, seed), in
-    method, pair, seed order.
+    method, pair, seed order. Keys in ``skip`` (see :func:`record_key`: videos a stopped run already
+    made) are left out.
 
     Each clip is inverted once, into a temporary inversion cache that every method and seed then
     reads, as a user's repeated runs on a clip do: ``seconds`` leaves the inversion out (it is the
@@ -128,7 +213,11 @@ def run_benchmark(
             adapters: dict[tuple, tuple[Any, float]] = {}  # one adapter per training recipe
             inversion_seconds = math.nan
             for name in methods:
-                config = base.replace(source_prompt=pair.source_prompt, **METHODS[name]).validate()
+                todo = [seed for seed in seeds if (name, pair.index, seed) not in skip]
+                if not todo:
+                    continue
+                config = method_config(base, name, pair)
+                prompt = method_prompt(name, pair)
                 adapter, train_seconds = None, 0.0
                 if config.trains:
                     recipe = (config.train_lambda_global, config.train_lambda_local, config.residual)
@@ -136,10 +225,10 @@ def run_benchmark(
                         clock = time.perf_counter()
                         adapters[recipe] = (pipe.train_motion(pair.frames, config=config), time.perf_counter() - clock)
                     adapter, train_seconds = adapters[recipe]
-                for seed in seeds:
+                for seed in todo:
                     clock = time.perf_counter()
-                    out = pipe(pair.frames, pair.target_prompt, config=config.replace(seed=seed), adapter=adapter)
-                    seconds = time.perf_counter() - clock - out.timings["inversion"] + train_seconds / len(seeds)
+                    out = pipe(pair.frames, prompt, config=config.replace(seed=seed), adapter=adapter)
+                    seconds = time.perf_counter() - clock - out.timings["inversion"] + train_seconds / len(todo)
                     if not out.timings["inversion_cached"]:
                         inversion_seconds = out.timings["inversion"]
                     output = np.round(out.frames[0] * 255).astype(np.uint8)
@@ -149,8 +238,8 @@ def run_benchmark(
                         "motion": pair.motion,
                         "seed": seed,
                         "source_prompt": pair.source_prompt,
-                        "target_prompt": pair.target_prompt,
-                        **score(pair, output),
+                        "target_prompt": prompt,
+                        **score(pair, output, prompt),
                         "seconds": seconds,
                         "inversion_seconds": inversion_seconds,
                     }
@@ -176,9 +265,11 @@ def _worker(job: dict[str, Any], pair_indices: list[int], threads: int, queue: A
         torch.set_num_threads(threads)
         pipe = SMAMotionTransferPipeline.load(job["model"], device=job["device"], dtype="float32")
         pipe.set_progress_bar_config(disable=True)
-        pairs = [p for p in held_out_pairs(job["per_motion"], job["num_frames"]) if p.index in pair_indices]
+        pairs = [p for p in benchmark_pairs(job.get("pair_set", "held-out"), job["per_motion"], job["num_frames"])
+                 if p.index in pair_indices]
         base = pipe.default_config().replace(**job["overrides"])
-        run_benchmark(pipe, job["methods"], pairs, tuple(job["seeds"]), base, on_result=queue.put)
+        skip = frozenset(tuple(key) for key in job.get("skip", ()))
+        run_benchmark(pipe, job["methods"], pairs, tuple(job["seeds"]), base, on_result=queue.put, skip=skip)
         queue.put(None)
     except BaseException as error:  # noqa: BLE001 — reported by the parent, which then stops
         queue.put(f"{type(error).__name__}: {error}")
@@ -194,8 +285,14 @@ def run_parallel(
 
     ``job``: ``model``, ``device``, ``methods``, ``per_motion``, ``num_frames``, ``seeds``,
     ``overrides`` (config fields over the model's preset) and optionally ``pairs`` (indices of the
-    pairs to run; default all). The records do not depend on ``workers``."""
-    indices = job.get("pairs") or list(range(len(held_out_pairs(job["per_motion"], job["num_frames"]))))
+    pairs to run; default all) and ``skip`` (:func:`record_key` s already made). The records do not
+    depend on ``workers``."""
+    pair_set = job.get("pair_set", "held-out")
+    indices = job.get("pairs") or list(range(len(benchmark_pairs(pair_set, job["per_motion"], job["num_frames"]))))
+    skip = {tuple(key) for key in job.get("skip", ())}
+    indices = [i for i in indices if any((m, i, s) not in skip for m in job["methods"] for s in job["seeds"])]
+    if not indices:
+        return []
     workers = max(1, min(workers, len(indices)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // workers)
@@ -257,7 +354,7 @@ def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], count: in
     header = "| method | motion fidelity ↑ | motion match ↑ | colour match ↑ | shape match ↑ | temporal consistency ↑ | s / video |"
     lines = [header, "|" + "---|" * 7]
     for name, row in summary.items():
-        cells = [f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS[:5]]
+        cells = ["—" if math.isnan(row[m][0]) else f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS[:5]]
         cells.append(f"{row['seconds'][0]:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     inversion = np.nanmean([row["inversion_seconds"][0] for row in summary.values()])
@@ -269,14 +366,99 @@ def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], count: in
     return "\n".join(lines)
 
 
-def write_json(path: str | Path, records: list[dict[str, Any]], summary: dict, settings: dict) -> Path:
+def paired_difference(records: list[dict[str, Any]], method: str, baseline: str, metric: str) -> tuple[float, float, int]:
+    """``(mean, standard error, n)`` of ``method − baseline`` over the videos both made (same pair and
+    seed): pairing removes the spread between clips, which is far larger than the methods' differences."""
+    base = {(r["pair"], r["seed"]): r[metric] for r in records if r["method"] == baseline}
+    diffs = np.array(
+        [r[metric] - base[(r["pair"], r["seed"])] for r in records if r["method"] == method and (r["pair"], r["seed"]) in base],
+        dtype=float,
+    )
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) == 0:
+        return math.nan, math.nan, 0
+    error = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
+    return float(diffs.mean()), error, len(diffs)
+
+
+def comparisons(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Paired differences of :data:`COMPARISONS` present in ``records``, on motion fidelity and match:
+    ``{"DMT + SMA − DMT": {metric: (mean, standard error, n)}}``."""
+    present = {r["method"] for r in records}
+    return {
+        f"{method} − {baseline}": {
+            metric: paired_difference(records, method, baseline, metric) for metric in ("motion_fidelity", "motion_match")
+        }
+        for method, baseline in COMPARISONS
+        if method in present and baseline in present
+    }
+
+
+def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> str:
+    """:func:`comparisons` as markdown bullets: mean ± standard error over n paired videos."""
+    lines = []
+    for name, row in table.items():
+        (fm, fe, n), (mm, me, _) = row["motion_fidelity"], row["motion_match"]
+        lines.append(f"- {name}: motion fidelity {fm:+.3f} ± {fe:.3f}, motion match {mm:+.3f} ± {me:.3f} "
+                     f"(paired mean ± standard error, {n} videos)")
+    return "\n".join(lines)
+
+
+class ProgressLog:
+    """A benchmark run's records, one JSON line each as they come, so that a stopped run continues where
+    it was. The first line holds the run's settings; a log written with other settings is not resumed."""
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, default=str))
+
+    def load(self) -> list[dict[str, Any]]:
+        """The records of an earlier run with the same settings (none when there is no such log)."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        try:
+            if not lines or json.loads(lines[0]).get("settings") != self.settings:
+                return []
+        except ValueError:
+            return []
+        records = []
+        for line in lines[1:]:
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # the last line of a run killed mid-write
+                break
+        return records
+
+    def start(self, records: list[dict[str, Any]]) -> None:
+        """Begin the log afresh with ``records`` (those of a resumed run), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(item) + "\n" for item in [{"settings": self.settings}, *records]))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, records: list[dict[str, Any]], summary: dict, settings: dict,
+               paired: dict | None = None) -> Path:
     path = Path(path)
+    data = {"settings": settings, "summary": summary, "paired_differences": paired or {}, "records": records}
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps({"settings": settings, "summary": summary, "records": records}, indent=2))
+        tmp.write_text(json.dumps(data, indent=2))
     return path
 
 
 __all__ = [
-    "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "Pair", "held_out_pairs", "markdown_table", "run_benchmark",
-    "run_parallel", "score", "sort_records", "summarize",
+    "COMPARISONS", "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "OPTIONAL_METHODS", "PAIR_SETS", "QUICK_METHODS",
+    "Pair", "ProgressLog", "benchmark_pairs", "comparison_lines", "comparisons", "held_out_pairs", "markdown_table",
+    "method_config", "paired_difference", "record_key", "run_benchmark", "run_parallel", "score", "sort_records",
+    "summarize", "unseen_path_pairs", "unseen_paths", "write_json",
 ]

@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import BaseOutput
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sma_guidance.config import SMAConfig
-from sma_guidance.dmt import sma_objective_terms
+from sma_guidance.dmt import initial_latent, sma_objective_terms
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
@@ -203,24 +202,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return video.permute(0, 1, 3, 4, 2).cpu().numpy() if output_type == "np" else video
 
     @staticmethod
-    def initial_latent(inverted: torch.Tensor, noise: torch.Tensor, downsample_factor: int) -> torch.Tensor:
-        """DMT's initial latent: the inverted latent's low frequencies plus the noise's high frequencies.
-
-        Both ``(B, C, F, h, w)``. "Low" is what survives a bilinear (antialiased) downsampling by
-        ``downsample_factor`` and upsampling back; ``downsample_factor=1`` returns ``inverted``.
-        """
-        if downsample_factor <= 1:
-            return inverted
-
-        def low_pass(x: torch.Tensor) -> torch.Tensor:
-            b, c, f, h, w = x.shape
-            frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-            small = (max(1, h // downsample_factor), max(1, w // downsample_factor))
-            down = F.interpolate(frames, size=small, mode="bilinear", align_corners=True, antialias=True)
-            up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=True, antialias=True)
-            return up.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
-
-        return low_pass(inverted) + (noise - low_pass(noise))
+    def initial_latent(
+        inverted: torch.Tensor, noise: torch.Tensor, downsample_factor: int = 4, low_pass_grid: int | None = None
+    ) -> torch.Tensor:
+        """DMT's initial latent (:func:`sma_guidance.dmt.initial_latent`): ``inverted``'s low spatial
+        frequencies plus ``noise``'s high ones, both ``(B, C, F, h, w)``."""
+        return initial_latent(inverted, noise, downsample_factor, low_pass_grid)
 
     def _unet_call(self, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
         return self.unet(latents.to(self.unet.dtype), t, encoder_hidden_states=embedding).sample
@@ -508,7 +495,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
-                ``downsample_factor=4``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
+                ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
                 settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
                 ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``, and the
@@ -598,7 +585,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
         generator = torch.Generator("cpu").manual_seed(config.seed)
         noise = torch.randn(inverted[timesteps[0]].shape, generator=generator).to(self.device)
-        latents = self.initial_latent(inverted[timesteps[0]], noise, config.downsample_factor)
+        latents = self.initial_latent(inverted[timesteps[0]], noise, config.downsample_factor, config.low_pass_grid)
 
         learning_rates = np.linspace(config.learning_rate_start, config.learning_rate_end, max(len(guided), 1))
         cfg_embeddings = torch.cat([negative, target])

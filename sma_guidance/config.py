@@ -66,7 +66,13 @@ class SMAConfig:
     guidance_scale: float = 10.0
     seed: int = 0
     restart_sampling: bool = True  # DMT: re-noise one step and denoise again after every step
-    downsample_factor: int = 4  # initial latent keeps the inversion below this spatial scale
+    # DMT's initial latent keeps the inverted latent's spatial frequencies below a cut-off and draws the
+    # rest afresh. DMT states the cut-off as a downsampling factor of the latent (4: Zeroscope's 40x72
+    # latents keep a 10x18 grid). low_pass_grid states it as the low-frequency grid itself (cells along
+    # the latent's shorter side), which means the same layout detail at any latent size; when set it
+    # takes precedence over downsample_factor. A grid at least the latent's size keeps the inversion whole.
+    downsample_factor: int = 4
+    low_pass_grid: int | None = None
 
     # DDIM inversion: DMT inverts with 999 steps; the sampling timesteps must be a subset of the
     # inversion timesteps (a multiple of num_inference_steps, or 999).
@@ -216,6 +222,8 @@ class SMAConfig:
         for name in positive_ints:
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("optimization_steps", self.optimization_steps, minimum=0)
+        if self.low_pass_grid is not None:
+            _require_int("low_pass_grid", self.low_pass_grid, minimum=1)
         _require_int("seed", self.seed, minimum=0)
         if self.num_frames < 3:
             raise UserError(f"num_frames must be at least 3 (got {self.num_frames}): motion needs two frame residuals")

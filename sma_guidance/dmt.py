@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .errors import UserError
 from .spectral import _batched, frame_residuals, global_motion_loss, local_motion_loss
 
-__all__ = ["dmt_loss", "sma_objective", "sma_objective_terms"]
+__all__ = ["dmt_loss", "initial_latent", "low_pass_size", "sma_objective", "sma_objective_terms"]
 
 
 def _frame_pairs(frames, device):
@@ -114,3 +114,42 @@ def sma_objective(
         wavelet,
         delta,
     )["total"]
+
+
+def low_pass_size(height, width, downsample_factor=4, low_pass_grid=None):
+    """The low-frequency grid ``(h, w)`` of DMT's initial latent for a latent of ``height x width``.
+
+    ``low_pass_grid`` (cells along the shorter side; the longer side keeps the aspect ratio) takes
+    precedence; otherwise DMT's rule ``(height // downsample_factor, width // downsample_factor)``
+    (Zeroscope: 40x72 latents, factor 4 -> 10x18). Returns ``(height, width)`` itself when the grid
+    is not smaller than the latent: nothing is filtered then.
+    """
+    if low_pass_grid is not None:
+        shorter = min(height, width)
+        if low_pass_grid >= shorter:
+            return height, width
+        return max(1, round(height * low_pass_grid / shorter)), max(1, round(width * low_pass_grid / shorter))
+    if downsample_factor <= 1:
+        return height, width
+    return max(1, height // downsample_factor), max(1, width // downsample_factor)
+
+
+def initial_latent(inverted, noise, downsample_factor=4, low_pass_grid=None):
+    """DMT's initial latent: the inverted latent's low spatial frequencies plus the noise's high ones.
+
+    ``inverted``, ``noise``: ``(B, C, F, h, w)``. "Low" is what survives a bilinear (antialiased)
+    resize of every frame to :func:`low_pass_size` and back; a grid as large as the latent returns
+    ``inverted`` unchanged (the exact inversion).
+    """
+    b, c, f, h, w = inverted.shape
+    small = low_pass_size(h, w, downsample_factor, low_pass_grid)
+    if small == (h, w):
+        return inverted
+
+    def low_pass(x):
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        down = F.interpolate(frames, size=small, mode="bilinear", align_corners=True, antialias=True)
+        up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=True, antialias=True)
+        return up.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+    return low_pass(inverted) + (noise - low_pass(noise))

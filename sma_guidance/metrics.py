@@ -484,6 +484,68 @@ def edit_fidelity(frames, prompt: str) -> dict:
     return {"color_match": color_ok, "shape_match": shape_ok, "both": color_ok and shape_ok, "detected": found}
 
 
+# ---- appearance checks (shapes world) -------------------------------------------------------------
+
+_BACKGROUND_TOLERANCE = 30.0  # RGB distance; the named backgrounds are >= 83 apart
+
+
+def background_match(frames, name: str, tolerance: float = _BACKGROUND_TOLERANCE) -> bool:
+    """Is the clip's background the named one, at its borders as well as inside?
+
+    Per-channel medians of the outer 2-pixel ring and of the whole frames (objects cover a few percent,
+    so the median is the background) must both lie within ``tolerance`` (RGB distance) of
+    ``BACKGROUNDS[name]``: a VAE that tints the borders fails even when the middle is right.
+    """
+    frames = _check_clip(frames, min_frames=1).astype(np.float32)
+    if name not in BACKGROUNDS:
+        raise UserError(f"unknown background {name!r}; choose one of {', '.join(BACKGROUNDS)}")
+    target = np.asarray(BACKGROUNDS[name], np.float32)
+    ring = np.concatenate([frames[:, :2].reshape(-1, 3), frames[:, -2:].reshape(-1, 3),
+                           frames[:, :, :2].reshape(-1, 3), frames[:, :, -2:].reshape(-1, 3)])
+    return all(float(np.linalg.norm(np.median(part, axis=0) - target)) <= tolerance
+               for part in (ring, frames.reshape(-1, 3)))
+
+
+def _components(mask: np.ndarray, min_pixels: int) -> int:
+    """How many 8-connected components of ``min_pixels`` or more a bool ``(H, W)`` mask holds."""
+    seen = np.zeros_like(mask)
+    count = 0
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        stack, size = [start], 0
+        seen[start] = True
+        while stack:
+            i, j = stack.pop()
+            size += 1
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b = i + di, j + dj
+                    if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
+                        seen[a, b] = True
+                        stack.append((a, b))
+        count += size >= min_pixels
+    return count
+
+
+def single_clean_object(frames, max_stray_pixels: int = 6) -> bool:
+    """Does every frame show exactly one object: the clip's dominant colour as one solid blob (coverage
+    >= 0.5, 8-connected, >= 6 pixels), and at most ``max_stray_pixels`` solid pixels of other colours?"""
+    frames = _check_clip(frames, min_frames=1)
+    labels, alpha, names = color_layers(frames)
+    found = detect_object(frames)
+    if found is None:
+        return False
+    dominant = names.index(found["color"])
+    solid = alpha >= 0.5
+    for k in range(len(frames)):
+        if _components(solid[k] & (labels[k] == dominant), 6) != 1:
+            return False
+        if int((solid[k] & (labels[k] != dominant) & (labels[k] >= 0)).sum()) > max_stray_pixels:
+            return False
+    return True
+
+
 # ---- motion classification -----------------------------------------------------------------------
 
 _MIN_TRAVEL_PX = 1.5  # an object whose path spans less than this has not moved
@@ -702,8 +764,8 @@ def format_report(metrics: dict) -> str:
 
 
 __all__ = [
-    "TRACKERS", "classify_motion", "classify_shape", "color_layers", "detect_object", "edit_fidelity",
+    "TRACKERS", "background_match", "classify_motion", "classify_shape", "color_layers", "detect_object", "edit_fidelity",
     "estimate_background", "evaluate", "format_report", "frame_difference", "json_safe", "looks_like_shapes",
     "motion_direction_match", "motion_fidelity", "normalise_tracks", "point_tracks", "resample_nearest",
-    "seed_points", "shape_features", "shape_tracks", "temporal_consistency", "track_correlation", "tracks",
+    "seed_points", "shape_features", "shape_tracks", "single_clean_object", "temporal_consistency", "track_correlation", "tracks",
 ]

@@ -240,6 +240,25 @@ def render(spec: ClipSpec) -> np.ndarray:
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
+def render_path(path, shape: str, color: str, size: float, background: str, frame_size: int = 64) -> np.ndarray:
+    """Draw one object along any centre path ``(F, 2)`` (pixels ``(x, y)``, y down), including paths
+    the world's motions never make (a spiral, an S-curve, stop-and-go): uint8 ``(F, frame_size,
+    frame_size, 3)``, anti-aliased as :func:`render`."""
+    _check_choice("shape", shape, SHAPES)
+    _check_choice("color", color, COLORS)
+    _check_choice("background", background, BACKGROUNDS)
+    centres = np.asarray(path, np.float32)
+    if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
+        raise UserError(f"a path must be (frames >= 2, 2) pixel positions, got shape {centres.shape}")
+    grid = np.arange(frame_size, dtype=np.float32)
+    dx = grid[None, None, :] - centres[:, 0, None, None]
+    dy = grid[None, :, None] - centres[:, 1, None, None]
+    alpha = np.clip(0.5 - _sdf(shape, size, dx, dy), 0.0, 1.0)[..., None]
+    image = np.broadcast_to(np.asarray(BACKGROUNDS[background], np.float32), (*alpha.shape[:3], 3)).copy()
+    image += alpha * (np.asarray(COLORS[color], np.float32) - image)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
 # ---- sampling ------------------------------------------------------------------------------------
 
 
@@ -448,6 +467,6 @@ def centroids(frames: np.ndarray, color_rgb, tol: float = 60) -> np.ndarray:
 __all__ = [
     "BACKGROUNDS", "COLORS", "DIAGONALS", "MOTIONS", "MOTION_PHRASES", "SHAPES",
     "ClipSpec", "ObjectSpec", "caption", "centre_bounds", "centroids", "coverage", "object_mask",
-    "parse_prompt", "random_caption", "render", "sample_clip", "sample_clip_spec", "shape_extents",
+    "parse_prompt", "random_caption", "render", "render_path", "sample_clip", "sample_clip_spec", "shape_extents",
     "trajectory", "vocabulary",
 ]

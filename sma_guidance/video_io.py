@@ -469,3 +469,46 @@ def _resize_height(video: np.ndarray, height: int) -> np.ndarray:
     x = torch.from_numpy(video.astype(np.float32)).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def frame_strip(*videos, scale: int = 1, gap: int = 2, frames: int | None = None) -> np.ndarray:
+    """One picture of whole clips: a row per clip (e.g. input over output), frames left to right.
+
+    Every clip is matched to the first as in :func:`side_by_side` (frame count, height); ``frames``
+    keeps that many frames spread evenly over the clip (default all); ``scale`` enlarges each pixel
+    (nearest neighbour, so small clips stay sharp); ``gap`` white pixels separate the frames.
+
+    Returns:
+        uint8 ``(rows · H · scale + gaps, columns · W · scale + gaps, 3)``.
+    """
+    if not videos:
+        raise ValueError("frame_strip needs at least one video")
+    if scale < 1 or gap < 0:
+        raise ValueError(f"scale must be >= 1 and gap >= 0, got {scale} and {gap}")
+    clips = [to_uint8(v) for v in videos]
+    count, height = clips[0].shape[:2]
+    if frames is not None:
+        clips[0] = resample_frames(clips[0], frames)
+        count = frames
+    rows = [_resize_height(resample_frames(c, count), height) for c in clips]
+    rows = [r.repeat(scale, axis=1).repeat(scale, axis=2) for r in rows]
+    width = max(r.shape[2] for r in rows)
+    cell_h, cell_w = rows[0].shape[1], width
+    image = np.full((len(rows) * cell_h + (len(rows) - 1) * gap, count * cell_w + (count - 1) * gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, frame in enumerate(row):
+            top, left = i * (cell_h + gap), j * (cell_w + gap)
+            image[top:top + frame.shape[0], left:left + frame.shape[1]] = frame
+    return image
+
+
+def save_image(image: np.ndarray, output_path: str | os.PathLike) -> str:
+    """Write a uint8 ``(H, W, 3)`` picture (``.png``), atomically; nothing is left on failure."""
+    path = Path(output_path).expanduser()
+    if path.suffix.lower() != ".png":
+        raise UserError(f"a picture must be written as .png, got {path}")
+    if not path.parent.is_dir():
+        raise UserError(f"output directory does not exist: {path.parent} — create it first")
+    with atomic_write(path) as tmp:
+        iio.imwrite(tmp, np.ascontiguousarray(image), extension=".png")
+    return str(path)

@@ -140,3 +140,107 @@ def test_cli_runs_with_a_config_file_over_the_preset(tmp_path):
     result = CliRunner().invoke(main, [*args[:-3], "--output", str(tmp_path / "c.json")])
     assert result.exit_code == 1 and "unknown configuration key(s) optimisation_steps" in result.output
     assert not (tmp_path / "c.json").exists()
+
+
+def test_reconstruction_samples_the_exact_inversion_with_the_source_prompt(pipe, monkeypatch):
+    seen = []
+    original = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, video, prompt, **k: seen.append((prompt, k["config"])) or original(self, video, prompt, **k))
+    pair = held_out_pairs(per_motion=1)[0]
+    base = pipe.default_config().replace(**FAST, low_pass_grid=4)
+    records = run_benchmark(pipe, ["reconstruction", "inversion only"], [pair], seeds=(0,), base=base)
+    (prompt, config), (other_prompt, other) = seen
+    assert prompt == pair.source_prompt and records[0]["target_prompt"] == pair.source_prompt
+    assert config.optimization_steps == 0 and config.downsample_factor == 1 and config.low_pass_grid is None
+    assert other_prompt == pair.target_prompt and other.low_pass_grid == 4  # the preset's value stays for the others
+
+
+def test_paired_difference_matches_a_direct_computation():
+    from pipelines.bench_quality import comparisons, paired_difference
+
+    rng = np.random.default_rng(0)
+    records = []
+    for pair in range(5):
+        for seed in range(2):
+            for method in ("DMT", "DMT + SMA"):
+                records.append({"method": method, "pair": pair, "seed": seed, "motion_fidelity": float(rng.normal()),
+                                "motion_match": float(rng.integers(0, 2))})
+    records.append({"method": "DMT + SMA", "pair": 9, "seed": 0, "motion_fidelity": 5.0, "motion_match": 1.0})  # unpaired
+    diffs = [a["motion_fidelity"] - b["motion_fidelity"] for a, b in zip(records[1:-1:2], records[0:-1:2])]
+    mean, error, n = paired_difference(records, "DMT + SMA", "DMT", "motion_fidelity")
+    assert n == 10 and mean == pytest.approx(np.mean(diffs))
+    assert error == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(10))
+    assert list(comparisons(records)) == ["DMT + SMA − DMT"]
+
+
+def test_cli_quick_run_stopped_midway_continues_where_it_was(tmp_path, monkeypatch):
+    """A run interrupted after 4 videos makes only the 5 missing ones when started again; the result
+    equals an uninterrupted run's, and the progress file is gone at the end."""
+    from cli import main
+    from pipelines import bench_quality
+
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps(FAST))
+    output = tmp_path / "q.json"
+    args = ["bench", "quality", "--quick", "--model", "tiny-random", "--methods", "inversion only", "--config", str(config),
+            "--workers", "1", "--output", str(output), "-q"]
+    calls = []
+    real_score = bench_quality.score
+
+    def interrupted_score(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_score(*a, **k)
+
+    monkeypatch.setattr(bench_quality, "score", interrupted_score)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130 and not output.exists()
+    progress = tmp_path / "q.json.progress.jsonl"
+    assert len(progress.read_text().splitlines()) == 1 + 4
+
+    calls.clear()
+    monkeypatch.setattr(bench_quality, "score", lambda *a, **k: calls.append(1) or real_score(*a, **k))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 5 and "4 of 9 videos already made" in result.output
+    assert not progress.exists()
+    resumed = json.loads(output.read_text())["records"]
+    assert [r["pair"] for r in resumed] == list(range(9))
+
+    fresh = tmp_path / "fresh.json"
+    result = CliRunner().invoke(main, [*args[:-3], "--output", str(fresh), "-q"])
+    assert result.exit_code == 0, result.output
+    for a, b in zip(resumed, json.loads(fresh.read_text())["records"]):
+        assert a["motion_fidelity"] == pytest.approx(b["motion_fidelity"], nan_ok=True)
+        assert a["temporal_consistency"] == pytest.approx(b["temporal_consistency"])
+
+
+def test_progress_log_of_other_settings_is_not_resumed(tmp_path):
+    from pipelines.bench_quality import ProgressLog
+
+    path = tmp_path / "p.jsonl"
+    log = ProgressLog(path, {"config": {"optimization_steps": 3}})
+    log.start([])
+    log.append({"method": "DMT", "pair": 0, "seed": 0})
+    assert ProgressLog(path, {"config": {"optimization_steps": 3}}).load() == [{"method": "DMT", "pair": 0, "seed": 0}]
+    assert ProgressLog(path, {"config": {"optimization_steps": 10}}).load() == []
+    with path.open("a") as handle:
+        handle.write('{"method": "DMT", "pa')  # killed mid-line
+    assert len(ProgressLog(path, {"config": {"optimization_steps": 3}}).load()) == 1
+
+
+def test_unseen_path_pairs_follow_their_paths_and_leave_motion_match_out():
+    from pipelines.bench_quality import benchmark_pairs, score, unseen_paths
+    from sma_guidance import metrics
+
+    pairs = benchmark_pairs("unseen-paths")
+    paths = unseen_paths()
+    assert [p.motion for p in pairs] == list(paths) and len(pairs) == 5
+    for pair in pairs:
+        assert pair.motion not in shapes.MOTIONS and pair.spec is None
+        found = metrics.detect_object(pair.frames)
+        assert np.abs(found["centroids"] - paths[pair.motion]).max() < 1.0  # triangles: centroid = path point
+        result = score(pair, pair.frames, pair.source_prompt)
+        assert np.isnan(result["motion_match"]) and result["motion_fidelity"] > 0.95
+        assert result["color_match"] == result["shape_match"] == 1.0

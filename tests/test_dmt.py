@@ -151,3 +151,28 @@ def test_cuda_matches_cpu(dtype):
     got.backward()
     assert got.device.type == "cuda" and torch.isfinite(pred_cuda.grad).all()
     torch.testing.assert_close(got.cpu(), sma_objective(ref, pred))
+
+
+def test_low_pass_size_keeps_dmt_rule_and_states_a_grid_at_any_latent_size():
+    from sma_guidance.dmt import low_pass_size
+
+    assert low_pass_size(40, 72, downsample_factor=4) == (10, 18)  # Zeroscope at 320x576, as DMT publishes
+    assert low_pass_size(40, 72, downsample_factor=4, low_pass_grid=10) == (10, 18)  # the same cut-off as a grid
+    assert low_pass_size(72, 128, low_pass_grid=10) == (10, 18)  # the grid keeps its meaning at another size
+    assert low_pass_size(16, 16, downsample_factor=4) == (4, 4)
+    assert low_pass_size(16, 16, low_pass_grid=8) == (8, 8)
+    assert low_pass_size(16, 16, low_pass_grid=16) == (16, 16)  # nothing filtered
+    assert low_pass_size(16, 16, downsample_factor=1) == (16, 16)
+
+
+def test_initial_latent_grid_equals_factor_and_full_grid_is_the_inversion():
+    from sma_guidance.dmt import initial_latent
+
+    generator = torch.Generator().manual_seed(0)
+    inverted, noise = torch.randn(2, 1, 4, 3, 16, 24, generator=generator)
+    torch.testing.assert_close(initial_latent(inverted, noise, 4), initial_latent(inverted, noise, 1, low_pass_grid=4))
+    assert torch.equal(initial_latent(inverted, noise, 4, low_pass_grid=16), inverted)
+    # A finer grid keeps more of the inversion: the result moves towards it.
+    coarse = (initial_latent(inverted, noise, low_pass_grid=4) - inverted).pow(2).mean()
+    fine = (initial_latent(inverted, noise, low_pass_grid=8) - inverted).pow(2).mean()
+    assert fine < 0.95 * coarse

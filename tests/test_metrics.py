@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from sma_guidance import shapes
 from sma_guidance.errors import UserError
 from sma_guidance.metrics import (
     classify_motion,
@@ -256,3 +257,37 @@ def test_evaluate_rejects_bad_input():
         evaluate(frames, frames[..., 0])
     with pytest.raises(UserError):
         evaluate(frames, frames, method="optical-flow")
+
+
+def test_background_match_checks_borders_and_inside():
+    from sma_guidance.metrics import background_match
+
+    rng = np.random.default_rng(3)
+    for background in shapes.BACKGROUNDS:
+        clip = shapes.render(shapes.sample_clip_spec(rng, p_two=0, background=background))
+        assert background_match(clip, background)
+        assert not background_match(clip, "black" if background != "black" else "gray")
+        tinted = clip.copy()
+        tinted[:, :3] = tinted[:, -3:] = tinted[:, :, :3] = tinted[:, :, -3:] = (95, 75, 120)  # purple borders
+        assert not background_match(tinted, background)
+    with pytest.raises(UserError, match="unknown background"):
+        background_match(clip, "pink")
+
+
+def test_single_clean_object_rejects_a_second_blob_and_stray_pixels():
+    from sma_guidance.metrics import single_clean_object
+
+    rng = np.random.default_rng(4)
+    assert all(single_clean_object(shapes.render(shapes.sample_clip_spec(rng, p_two=0))) for _ in range(20))
+    spec = shapes.ClipSpec(
+        objects=(shapes.ObjectSpec("square", "red", 12, "right", start_x=15, start_y=20, vx=2),), background="black"
+    )
+    clip = shapes.render(spec)
+    assert single_clean_object(clip)
+    twin = clip.copy()
+    twin[:, 50:56, 50:56] = (255, 0, 0)  # the same colour, apart: two objects
+    assert not single_clean_object(twin)
+    stray = clip.copy()
+    stray[3, 40:43, 40:43] = (0, 255, 0)  # nine solid pixels of another colour in one frame
+    assert not single_clean_object(stray)
+    assert not single_clean_object(np.zeros_like(clip))

@@ -362,3 +362,17 @@ def test_every_caption_word_is_one_token():
         assert tokenizer.convert_ids_to_tokens(tokenizer(word).input_ids[1:-1]) == [word + "</w>"], word
     text = "a cyan triangle moving in a circle counterclockwise on a dark blue background"
     assert len(tokenizer(text).input_ids) == len(text.split()) + 2
+
+
+def test_render_path_draws_any_path_as_render_draws_a_motion():
+    from sma_guidance.shapes import render_path
+
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        spec = sample_clip_spec(rng, p_two=0)
+        obj = spec.objects[0]
+        np.testing.assert_array_equal(
+            render_path(trajectory(obj, spec.num_frames), obj.shape, obj.color, obj.size, spec.background), render(spec)
+        )
+    with pytest.raises(UserError, match="path"):
+        render_path(np.zeros((3, 3)), "circle", "red", 10, "black")

@@ -112,3 +112,31 @@ def test_init_from_a_model_with_other_token_ids_matches_embeddings_by_token(tmp_
     assert torch.equal(new_rows[new_vocab["circle</w>"]], before[new_vocab["circle</w>"]])  # unknown before: kept
     layer = next(name for name in old_encoder.state_dict() if name.endswith("layers.0.mlp.fc1.weight"))
     assert torch.equal(components["text_encoder"].state_dict()[layer], old_encoder.state_dict()[layer])
+
+
+def test_vae_loss_weights_the_outer_ring_and_objects(tmp_path, monkeypatch):
+    """The border ring counts in the VAE loss (zero padding tints the borders otherwise): with a VAE that
+    returns its input plus an error on the ring only, the loss grows with ``border_weight``."""
+    ring = shapes_training._border_ring((64, 64), 4)
+    assert ring.shape == (1, 1, 64, 64) and int(ring.sum()) == 64 * 64 - 56 * 56
+    assert ring[0, 0, 3, 30] == 1 and ring[0, 0, 4, 30] == 0 == ring[0, 0, 32, 32]
+
+    class RingError(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def encode(self, frames):
+            dist = type("Dist", (), {"mode": lambda _: frames, "kl": lambda _: torch.zeros(len(frames))})()
+            return type("Out", (), {"latent_dist": dist})()
+
+        def decode(self, latents):
+            return type("Out", (), {"sample": latents + 0.5 * ring + self.p})()
+
+    losses = {}
+    for weight in (0.0, 4.0):
+        log, workdir = {}, tmp_path / str(weight)
+        workdir.mkdir()
+        shapes_training.train_vae(RingError(), workdir, steps=1, seed=0, log=log, border_weight=weight)
+        losses[weight] = log["vae_final_reconstruction"]
+    assert losses[4.0] > 1.5 * losses[0.0] > 0

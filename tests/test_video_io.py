@@ -304,3 +304,25 @@ def test_side_by_side_matches_frames_and_height():
     assert out.shape == (10, 48, 64 + 80, 3) and out.dtype == np.uint8
     assert np.array_equal(out[:, :, :64], first)
     assert side_by_side(first).shape == first.shape
+
+
+def test_frame_strip_lays_clips_in_rows_and_frames_in_columns(tmp_path):
+    from sma_guidance.video_io import frame_strip, save_image
+
+    rng = np.random.default_rng(0)
+    top = rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
+    bottom = rng.integers(0, 256, (8, 6, 5, 3), dtype=np.uint8)  # resampled to 4 frames: 0, 2, 5, 7
+    image = frame_strip(top, bottom, scale=2, gap=1)
+    assert image.shape == (2 * 12 + 1, 4 * 10 + 3, 3)
+    for j in range(4):
+        left = j * 11
+        np.testing.assert_array_equal(image[0:12:2, left:left + 10:2], top[j])
+        np.testing.assert_array_equal(image[13:25:2, left:left + 10:2], bottom[[0, 2, 5, 7][j]])
+    assert (image[12] == 255).all() and (image[:, 10] == 255).all()  # the gaps
+    assert frame_strip(top, frames=2).shape == (6, 2 * 5 + 2, 3)
+    path = save_image(image, tmp_path / "strip.png")
+    import imageio.v3 as iio
+
+    np.testing.assert_array_equal(iio.imread(path), image)
+    with pytest.raises(UserError, match=r"\.png"):
+        save_image(image, tmp_path / "strip.jpg")
