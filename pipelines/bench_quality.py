@@ -396,10 +396,13 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[floa
 
 def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> str:
     """:func:`comparisons` as markdown bullets: mean ± standard error over n paired videos."""
+    def show(mean: float, error: float) -> str:
+        return "—" if math.isnan(mean) else f"{mean:+.3f} ± {error:.3f}"
+
     lines = []
     for name, row in table.items():
         (fm, fe, n), (mm, me, _) = row["motion_fidelity"], row["motion_match"]
-        lines.append(f"- {name}: motion fidelity {fm:+.3f} ± {fe:.3f}, motion match {mm:+.3f} ± {me:.3f} "
+        lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)} "
                      f"(paired mean ± standard error, {n} videos)")
     return "\n".join(lines)
 
