@@ -27,6 +27,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from sma_guidance import metrics, shapes
+from sma_guidance.video_io import to_uint8
 
 from .components import build_small_video_model, build_word_tokenizer
 
@@ -144,7 +145,7 @@ def vae_round_trip(vae: AutoencoderKL, clips: int = 200, seed: int = VAE_CHECK_S
         spec = shapes.sample_clip_spec(rng, p_two=0)
         frames = torch.from_numpy(shapes.render(spec)).permute(0, 3, 1, 2).float() / 127.5 - 1
         decoded = vae.decode(vae.encode(frames.to(vae.device, vae.dtype)).latent_dist.mode()).sample
-        clip = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        clip = to_uint8((decoded.float() / 2 + 0.5).permute(0, 2, 3, 1))  # as the pipeline decodes
         found = metrics.detect_object(clip)
         obj = spec.objects[0]
         hits[index] = (

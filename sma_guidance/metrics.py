@@ -110,15 +110,16 @@ def color_layers(frames: np.ndarray, background=None) -> tuple[np.ndarray, np.nd
     return labels, alpha, tuple(_COLOR_NAMES[i] for i in keep)
 
 
-def _objects(frames: np.ndarray, background=None, min_pixels: int = 6) -> list[tuple[str, np.ndarray]]:
+def _objects(frames: np.ndarray, background=None, min_pixels: int = 6, colour_layers=None) -> list[tuple[str, np.ndarray]]:
     """``[(colour name, coverage (F, H, W) float32), ...]`` for every colour present (>= min_pixels)
     in at least half the frames, largest total coverage first.
 
     A layer lying mostly (> 50 % of its pixels) against another layer is dropped as a fringe: video
     codecs subsample colour, so e.g. the rim of a yellow object on dark blue decodes as a thin
-    white ring, which is not an object of its own.
+    white ring, which is not an object of its own. ``colour_layers``: :func:`color_layers`'s result
+    when the caller has it already.
     """
-    labels, alpha, names = color_layers(frames, background)
+    labels, alpha, names = colour_layers if colour_layers is not None else color_layers(frames, background)
     layers = [(name, _despeckle(np.where(labels == k, alpha, 0.0).astype(np.float32))) for k, name in enumerate(names)]
     layers = [(n, w) for n, w in layers if ((w > 0).sum(axis=(1, 2)) >= min_pixels).sum() * 2 >= len(frames)]
     masks = [w > 0 for _, w in layers]
@@ -532,11 +533,11 @@ def single_clean_object(frames, max_stray_pixels: int = 6) -> bool:
     """Does every frame show exactly one object: the clip's dominant colour as one solid blob (coverage
     >= 0.5, 8-connected, >= 6 pixels), and at most ``max_stray_pixels`` solid pixels of other colours?"""
     frames = _check_clip(frames, min_frames=1)
-    labels, alpha, names = color_layers(frames)
-    found = detect_object(frames)
-    if found is None:
+    labels, alpha, names = layers = color_layers(frames)
+    objs = _objects(frames, colour_layers=layers)  # the dominant object as detect_object finds it
+    if not objs:
         return False
-    dominant = names.index(found["color"])
+    dominant = names.index(objs[0][0])
     solid = alpha >= 0.5
     for k in range(len(frames)):
         if _components(solid[k] & (labels[k] == dominant), 6) != 1:

@@ -217,27 +217,35 @@ def _sdf(shape: str, size: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.maximum(dy, slanted) - inradius
 
 
-def coverage(obj: ObjectSpec, num_frames: int, size: int) -> np.ndarray:
-    """Anti-aliased coverage of ``obj`` in [0, 1]: float32 ``(num_frames, size, size)``.
-
-    ``clip(0.5 - sdf, 0, 1)``: a linear ramp one pixel wide across each edge, which is the exact
-    area fraction for axis-aligned edges.
-    """
-    centres = trajectory(obj, num_frames).astype(np.float32)
-    grid = np.arange(size, dtype=np.float32)
+def _coverage_along(shape: str, size: float, centres: np.ndarray, frame_size: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of ``shape`` centred at ``centres`` ``(F, 2)``: float32
+    ``(F, frame_size, frame_size)``. ``clip(0.5 - sdf, 0, 1)``: a linear ramp one pixel wide across each
+    edge, which is the exact area fraction for axis-aligned edges."""
+    centres = np.asarray(centres, np.float32)
+    grid = np.arange(frame_size, dtype=np.float32)
     dx = grid[None, None, :] - centres[:, 0, None, None]
     dy = grid[None, :, None] - centres[:, 1, None, None]
-    return np.clip(0.5 - _sdf(obj.shape, obj.size, dx, dy), 0.0, 1.0)
+    return np.clip(0.5 - _sdf(shape, size, dx, dy), 0.0, 1.0)
+
+
+def coverage(obj: ObjectSpec, num_frames: int, size: int) -> np.ndarray:
+    """Anti-aliased coverage of ``obj`` in [0, 1] along its trajectory: float32 ``(num_frames, size, size)``."""
+    return _coverage_along(obj.shape, obj.size, trajectory(obj, num_frames), size)
+
+
+def _draw(background: str, layers: list[tuple[np.ndarray, str]]) -> np.ndarray:
+    """Composite ``(coverage (F, H, W), colour name)`` layers in order ("over") on a plain background:
+    uint8 ``(F, H, W, 3)``."""
+    shape = (*layers[0][0].shape, 3)
+    image = np.broadcast_to(np.asarray(BACKGROUNDS[background], np.float32), shape).copy()
+    for alpha, color in layers:
+        image += alpha[..., None] * (np.asarray(COLORS[color], np.float32) - image)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
 def render(spec: ClipSpec) -> np.ndarray:
     """Draw ``spec``: uint8 ``(num_frames, size, size, 3)`` RGB, objects composited in order."""
-    shape = (spec.num_frames, spec.size, spec.size, 3)
-    image = np.broadcast_to(np.asarray(BACKGROUNDS[spec.background], np.float32), shape).copy()
-    for obj in spec.objects:
-        alpha = coverage(obj, spec.num_frames, spec.size)[..., None]
-        image += alpha * (np.asarray(COLORS[obj.color], np.float32) - image)  # "over" compositing
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return _draw(spec.background, [(coverage(obj, spec.num_frames, spec.size), obj.color) for obj in spec.objects])
 
 
 def render_path(path, shape: str, color: str, size: float, background: str, frame_size: int = 64) -> np.ndarray:
@@ -250,13 +258,7 @@ def render_path(path, shape: str, color: str, size: float, background: str, fram
     centres = np.asarray(path, np.float32)
     if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
         raise UserError(f"a path must be (frames >= 2, 2) pixel positions, got shape {centres.shape}")
-    grid = np.arange(frame_size, dtype=np.float32)
-    dx = grid[None, None, :] - centres[:, 0, None, None]
-    dy = grid[None, :, None] - centres[:, 1, None, None]
-    alpha = np.clip(0.5 - _sdf(shape, size, dx, dy), 0.0, 1.0)[..., None]
-    image = np.broadcast_to(np.asarray(BACKGROUNDS[background], np.float32), (*alpha.shape[:3], 3)).copy()
-    image += alpha * (np.asarray(COLORS[color], np.float32) - image)
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return _draw(background, [(_coverage_along(shape, size, centres, frame_size), color)])
 
 
 # ---- sampling ------------------------------------------------------------------------------------
