@@ -1,0 +1,65 @@
+"""The backbone seam changes nothing for the Zeroscope family: a guided run on ``tiny-random`` with a
+fixed seed gives exactly the frames (and losses) it gave before the seam existed.
+
+``tests/data/zeroscope_reference.npz`` was written by this file's ``__main__`` with the code of main
+before the refactor (``python tests/test_zeroscope_reference.py``); do not regenerate it to make the test
+pass — a difference means the refactor changed Zeroscope's results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "zeroscope_reference.npz"
+# A guided run that passes through every stage: inversion, initial latent, two Adam iterations on
+# each of two guided steps, restart sampling, decode; and "both": a short fine-tune first.
+SETTINGS = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=2, restart_sampling=True,
+                inversion_cache=False, seed=3)
+BOTH = dict(SETTINGS, mode="both", train_steps=2)
+
+
+def _clip() -> np.ndarray:
+    """A white square moving right on black, ``(6, 64, 64, 3)`` uint8."""
+    video = np.zeros((6, 64, 64, 3), np.uint8)
+    for frame in range(6):
+        video[frame, 24:40, 4 + 8 * frame : 20 + 8 * frame] = 255
+    return video
+
+
+def reference_runs() -> dict[str, np.ndarray]:
+    from pipelines import SMAMotionTransferPipeline
+
+    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    results = {}
+    for name, settings in (("zero_shot", SETTINGS), ("both", BOTH)):
+        out = pipe(_clip(), "a red square", **settings)
+        results[f"{name}_frames"] = np.asarray(out.frames, np.float32)
+        results[f"{name}_losses"] = np.array(
+            [it["total"] for step in out.loss_history for it in step["iterations"]], np.float64
+        )
+    return results
+
+
+def test_zeroscope_family_results_are_unchanged_by_the_seam(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMA_GUIDE_CACHE", str(tmp_path))
+    expected = np.load(REFERENCE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as when the reference was written: CPU reductions may split by thread
+    try:
+        actual = reference_runs()
+    finally:
+        torch.set_num_threads(threads)
+    assert set(actual) == set(expected.files)
+    for key in expected.files:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    REFERENCE.parent.mkdir(exist_ok=True)
+    np.savez_compressed(REFERENCE, **reference_runs())
+    print(f"wrote {REFERENCE}")
