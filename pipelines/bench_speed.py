@@ -38,7 +38,6 @@ import torch
 
 from sma_guidance.atomic import atomic_write
 from sma_guidance.config import SMAConfig
-from sma_guidance.features import FeatureRecorder
 from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 
 from .sma_pipeline import SMAMotionTransferPipeline
@@ -102,7 +101,7 @@ class _Stages:
             pipe.encode_prompt(text) for text in (config.negative_prompt, "a benchmark", config.source_prompt)
         )
         self.latents = pipe.encode_video(self.frames, config.vae_batch_size).float()
-        self.recorder = FeatureRecorder(pipe.unet, config.feature_layers, config.num_frames, stop_after_last=True)
+        self.recorder = pipe.feature_recorder(config)
         with self.recorder, torch.no_grad():
             self.reference = self.recorder.run(pipe._unet_call, self.latents, self.t, self.source)
 
@@ -114,9 +113,7 @@ class _Stages:
             self.recorder.run(self.pipe._unet_call, self.latents, self.t, self.source)
 
     def guidance_iteration(self, config: SMAConfig, early_stop: bool = True) -> Callable[[], None]:
-        recorder = self.recorder if early_stop else FeatureRecorder(
-            self.pipe.unet, config.feature_layers, config.num_frames, stop_after_last=False
-        )
+        recorder = self.recorder if early_stop else self.pipe.feature_recorder(config, stop_after_last=False)
 
 
         def step() -> None:

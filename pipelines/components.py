@@ -1,5 +1,8 @@
 """Model components: the real diffusers loaders with actionable errors, and a tiny random model.
 
+Which family a model belongs to, and how each family loads, lives in :mod:`pipelines.backbones`;
+this module holds the shared loading steps and Zeroscope's builders.
+
 ``tiny-random`` builds the same classes Zeroscope uses (``UNet3DConditionModel``, ``AutoencoderKL``,
 ``CLIPTextModel`` + ``CLIPTokenizer``, ``DDIMScheduler``) at toy size with seeded random weights, in
 code, without any download. Its output is noise: it exists so that the whole pipeline runs on a CPU in
@@ -264,14 +267,27 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
-    """``pipeline_cls.from_pretrained(model)`` with errors a user can act on.
+def load_pipeline(
+    pipeline_cls: type, model: str, torch_dtype: torch.dtype | None = None, motion_adapter: str | None = None, **kwargs: Any
+) -> Any:
+    """``pipeline_cls`` holding ``model``'s components, with errors a user can act on.
 
-    ``model`` is ``tiny-random``, a local diffusers folder, or a Hub id (downloaded once, then read
-    from the local cache; safetensors are preferred when the repository has them).
+    ``model`` is a model built in code (``tiny-random``, ``zeroscope-arch``, ``tiny-random-animatediff``,
+    ``animatediff-arch``), a bundled model, a local diffusers folder, or a Hub id (downloaded once, then
+    read from the local cache; safetensors are preferred when the repository has them). Its family is
+    detected from its ``model_index.json`` (:mod:`pipelines.backbones`), whose module loads it;
+    ``motion_adapter`` (AnimateDiff) turns an SD 1.5 image model into a ``UNetMotionModel``.
     """
-    if model in (TINY_RANDOM, ZEROSCOPE_ARCH):
-        components = build_tiny_random() if model == TINY_RANDOM else build_zeroscope_arch()
+    from .backbones import BACKBONES, BUILTIN_MODELS, detect_backbone, read_model_index
+
+    if model in BUILTIN_MODELS:
+        backbone = BACKBONES[BUILTIN_MODELS[model]]
+        if motion_adapter:
+            raise UserError(
+                f"--motion-adapter goes with an SD 1.5 image model, but {model} is a built-in {backbone.name}-family "
+                f"model; drop --motion-adapter"
+            )
+        components = backbone.builtin[model]()
         if torch_dtype not in (None, torch.float32):
             for name in ("vae", "text_encoder", "unet"):
                 components[name].to(torch_dtype)
@@ -286,13 +302,13 @@ def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | Non
                 f"the bundled {model} model is missing from {folder}; reinstall sma-guide or train it with "
                 f"`python -m pipelines.shapes_training`"
             )
-        pipe = load_pipeline(pipeline_cls, str(folder), torch_dtype=torch_dtype, **kwargs)
+        pipe = load_pipeline(pipeline_cls, str(folder), torch_dtype=torch_dtype, motion_adapter=motion_adapter, **kwargs)
         pipe.register_to_config(_name_or_path=model)
         return pipe
 
     path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local:
+    local = _looks_local(model)
+    if local:
         if not path.is_dir():
             raise UserError(f"model folder not found: {model} — pass a diffusers folder, a Hub id or tiny-random")
         if not (path / "model_index.json").is_file():
@@ -300,17 +316,28 @@ def load_pipeline(pipeline_cls: type, model: str, torch_dtype: torch.dtype | Non
                 f"{model} is not a diffusers pipeline folder (no model_index.json); save one with "
                 f"pipe.save_pretrained(folder) or pass a Hub id"
             )
+    source = str(path) if local else model
+    index = read_model_index(source, local)
+    return detect_backbone(index, model, motion_adapter).load(pipeline_cls, source, index, torch_dtype, motion_adapter, **kwargs)
+
+
+def _looks_local(model: str) -> bool:
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def from_pretrained(pipeline_cls: type, model: str, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """``pipeline_cls.from_pretrained(model)`` quietly, its failures as one :class:`UserError`."""
     try:
-        with _quiet_loading():
-            return pipeline_cls.from_pretrained(str(path) if looks_local else model, torch_dtype=torch_dtype, **kwargs)
+        with quiet_loading():
+            return pipeline_cls.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
     except UserError:
         raise
     except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError, hub errors...
-        raise UserError(_explain_load_error(model, looks_local, err)) from None
+        raise UserError(explain_load_error(model, _looks_local(model), err)) from None
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """Silence the loaders' chatter (hub retries, deprecations): failures surface as one UserError."""
     diffusers_level = diffusers_logging.get_verbosity()
     transformers_level = transformers_logging.get_verbosity()
@@ -325,7 +352,7 @@ def _quiet_loading() -> Iterator[None]:
         transformers_logging.set_verbosity(transformers_level)
 
 
-def _explain_load_error(model: str, local: bool, err: Exception) -> str:
+def explain_load_error(model: str, local: bool, err: Exception) -> str:
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if local:
         return f"cannot load the model folder {model}: {detail} — check that it holds all weights (model_index.json and each component)"
@@ -348,7 +375,10 @@ __all__ = [
     "build_small_video_model",
     "build_tiny_random",
     "build_tiny_tokenizer",
+    "explain_load_error",
+    "from_pretrained",
     "load_pipeline",
+    "quiet_loading",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -66,6 +66,7 @@ class MotionAdapter:
     architecture: str
     loss_history: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    family: str = ""  # the backbone family it was trained on ("" in adapters saved before families existed)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (atomically) holding only the trained tensors plus metadata."""
@@ -74,6 +75,7 @@ class MotionAdapter:
             "format": ADAPTER_FORMAT,
             "base_model": self.base_model,
             "architecture": self.architecture,
+            "family": self.family,
             "layers": json.dumps(sorted(self.tensors)),
             "settings": json.dumps(self.settings, default=str),
         }
@@ -103,12 +105,20 @@ class MotionAdapter:
             base_model=metadata.get("base_model", ""),
             architecture=metadata.get("architecture", ""),
             settings=settings,
+            family=metadata.get("family", ""),
         )
 
-    def check_compatible(self, unet: torch.nn.Module, base_model: str) -> None:
-        """Raise a :class:`UserError` unless every tensor name and shape matches ``unet``."""
+    def check_compatible(self, unet: torch.nn.Module, base_model: str, family: str = "") -> None:
+        """Raise a :class:`UserError` unless the adapter's family (when both are known), every tensor name
+        and shape match ``unet``."""
         params = dict(unet.named_parameters())
         describe = f"the adapter was trained on {self.base_model or 'another model'}, not {base_model}"
+        if self.family and family and self.family != family:
+            raise UserError(
+                f"adapter does not fit this model: it was trained on a {self.family}-family model "
+                f"({self.base_model or 'unknown'}), this is a {family}-family model ({base_model}); train one on it "
+                f"with --mode fine-tune --save-adapter"
+            )
         if self.architecture and self.architecture != architecture_hash(unet):
             raise UserError(f"adapter does not fit this model: {describe} (different UNet architecture)")
         for name, tensor in self.tensors.items():
@@ -122,12 +132,14 @@ class MotionAdapter:
 
 
 @contextlib.contextmanager
-def applied_adapter(unet: torch.nn.Module, adapter: MotionAdapter | None, base_model: str) -> Iterator[None]:
+def applied_adapter(
+    unet: torch.nn.Module, adapter: MotionAdapter | None, base_model: str, family: str = ""
+) -> Iterator[None]:
     """Use ``adapter``'s tensors inside the block and restore the base weights after it."""
     if adapter is None:
         yield
         return
-    adapter.check_compatible(unet, base_model)
+    adapter.check_compatible(unet, base_model, family)
     params = dict(unet.named_parameters())
     originals = {name: params[name].detach().clone() for name in adapter.tensors}
     with torch.no_grad():
@@ -158,6 +170,8 @@ def train_motion_adapter(
     base_model: str = "",
     progress: Callable[[int], Any] | None = None,
     prediction_type: str = "epsilon",
+    family: str = "",
+    unet_call: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
     **loss_settings: Any,
 ) -> MotionAdapter:
     """Fine-tune the temporal attention of ``unet`` on one clip and return the trained tensors.
@@ -176,10 +190,14 @@ def train_motion_adapter(
         encoder_hidden_states: the source prompt's embedding ``(1, L, D)``.
         prediction_type: what the UNet predicts, ``"epsilon"`` or ``"v_prediction"`` (the scheduler's
             setting); the objective is computed on the noise estimate either way.
+        family: the backbone family, recorded in the adapter.
+        unet_call: ``(latents, t, embedding) -> prediction`` as the model's family calls its UNet
+            (default: ``unet(latents, t, encoder_hidden_states=embedding).sample``).
         **loss_settings: ``lambda_global``, ``lambda_local``, ``residual``, ``levels``,
             ``level_weights``, ``wavelet``, ``delta`` of :func:`motion_distillation_terms`.
     """
     device = latents.device
+    forward = unet_call or _plain_call(unet)
     model_dtype = next(unet.parameters()).dtype
     half = model_dtype in (torch.float16, torch.bfloat16)
     if half and device.type != "cuda":
@@ -218,7 +236,7 @@ def train_motion_adapter(
             alpha_prod = alphas_cumprod[t]
             noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
             with autocast:
-                output = unet(noisy.to(model_dtype), t, encoder_hidden_states=encoder_hidden_states).sample
+                output = forward(noisy.to(model_dtype), t, encoder_hidden_states)
             noise_pred = noise_from_prediction(output.float(), noisy, alpha_prod, prediction_type)
             terms = motion_distillation_terms(
                 *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
@@ -261,6 +279,7 @@ def train_motion_adapter(
         architecture=architecture_hash(unet),
         loss_history=history,
         settings=settings,
+        family=family,
     )
 
 
@@ -273,6 +292,7 @@ def evaluate_motion_objective(
     timesteps: tuple[int, ...] = (50, 150, 300, 450, 600, 750, 900),
     seed: int = 1234,
     prediction_type: str = "epsilon",
+    unet_call: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
     **loss_settings: Any,
 ) -> dict[str, float]:
     """The fine-tune objective averaged over fixed ``timesteps`` with seeded noise: a deterministic
@@ -287,7 +307,7 @@ def evaluate_motion_objective(
         noise = torch.randn(clean.shape, generator=generator).to(device)
         alpha_prod = alphas_cumprod[t]
         noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
-        output = unet(noisy.to(dtype), t, encoder_hidden_states=encoder_hidden_states).sample.float()
+        output = (unet_call or _plain_call(unet))(noisy.to(dtype), t, encoder_hidden_states).float()
         noise_pred = noise_from_prediction(output, noisy, alpha_prod, prediction_type)
         terms = motion_distillation_terms(
             *(_frames_first(x) for x in (noise_pred, noise, clean, noisy)), alpha_prod, **loss_settings
@@ -295,6 +315,11 @@ def evaluate_motion_objective(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value) / len(timesteps)
     return sums
+
+
+def _plain_call(unet: torch.nn.Module) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
+    """A UNet3D's call: ``unet(latents, t, encoder_hidden_states=embedding).sample``."""
+    return lambda latents, t, embedding: unet(latents, t, encoder_hidden_states=embedding).sample
 
 
 def _frames_first(x: torch.Tensor) -> torch.Tensor:

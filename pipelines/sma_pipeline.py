@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel, UNetMotionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
@@ -37,6 +37,7 @@ from sma_guidance.features import FeatureRecorder
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
 
+from .backbones import Backbone, backbone_of
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
 from .finetune import MotionAdapter, applied_adapter, train_motion_adapter
 from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint, public_config
@@ -74,8 +75,11 @@ class SMAPipelineOutput(BaseOutput):
 class SMAMotionTransferPipeline(DiffusionPipeline):
     """Transfer the motion of a video to new content described by a prompt, with no training.
 
-    Components are those of Zeroscope (``cerspense/zeroscope_v2_576w``): a ``UNet3DConditionModel``,
-    an ``AutoencoderKL``, a CLIP text encoder and tokenizer, and a ``DDIMScheduler``.
+    Components are those of a text-to-video diffusion model — an ``AutoencoderKL``, a CLIP text encoder
+    and tokenizer, a ``DDIMScheduler`` — and its UNet, whose class says the model's family
+    (:mod:`pipelines.backbones`): a ``UNet3DConditionModel`` (Zeroscope, ``cerspense/zeroscope_v2_576w``)
+    or a ``UNetMotionModel`` (AnimateDiff: SD 1.5 + a motion adapter). What differs between families
+    goes through :attr:`backbone`; the rest is written once.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -85,7 +89,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
-        unet: UNet3DConditionModel,
+        unet: UNet3DConditionModel | UNetMotionModel,
         scheduler: DDIMScheduler,
     ) -> None:
         super().__init__()
@@ -96,20 +100,41 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model: str, device: str = "auto", dtype: str = "auto") -> "SMAMotionTransferPipeline":
-        """Load ``model`` (Hub id, local folder or ``tiny-random``) onto ``device`` with actionable errors."""
+    def load(
+        cls, model: str, device: str = "auto", dtype: str = "auto", motion_adapter: str | None = None
+    ) -> "SMAMotionTransferPipeline":
+        """Load ``model`` (Hub id, local folder, ``tiny-random``, ``tiny-random-animatediff``, ...) onto
+        ``device`` with actionable errors; ``motion_adapter`` (a diffusers ``MotionAdapter``'s Hub id or
+        folder) makes an AnimateDiff of an SD 1.5 image model."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        pipe = load_pipeline(cls, model, torch_dtype=torch_dtype)
+        pipe = load_pipeline(cls, model, torch_dtype=torch_dtype, motion_adapter=motion_adapter)
         return pipe.to(torch_device)
 
     @property
     def model_name(self) -> str:
         return str(getattr(self.config, "_name_or_path", "") or TINY_RANDOM)
 
+    @property
+    def motion_adapter_name(self) -> str | None:
+        """The motion adapter this pipeline was loaded with (``--motion-adapter``), if any."""
+        return getattr(self.config, "_motion_adapter", None) or None
+
+    @property
+    def backbone(self) -> Backbone:
+        """This model's family (:mod:`pipelines.backbones`), from its UNet's class."""
+        return backbone_of(self.unet)
+
     def default_config(self) -> SMAConfig:
-        """The defaults for this pipeline's model (its preset applied)."""
-        return SMAConfig.for_model(self.model_name)
+        """The defaults for this pipeline's model (its family's and its own preset applied)."""
+        return SMAConfig.for_model(self.model_name, family=self.backbone.name, motion_adapter=self.motion_adapter_name)
+
+    def feature_recorder(self, config: SMAConfig, stop_after_last: bool = True) -> FeatureRecorder:
+        """Hooks on ``config.feature_layers`` of the UNet, their outputs as ``(B, F, C, H, W)``."""
+        return FeatureRecorder(
+            self.unet, config.feature_layers, config.num_frames, stop_after_last=stop_after_last,
+            to_frames=self.backbone.features_to_frames,
+        )
 
     # ------------------------------------------------------------------------------ helpers
     def _progress(self, total: int, desc: str) -> tqdm:
@@ -160,13 +185,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         frames = frames.to(self.device, self.vae.dtype)
         latents = torch.cat([self.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(batch_size)])
         latents = latents * self.vae.config.scaling_factor
-        return latents.permute(1, 0, 2, 3)[None].float()
+        return self.backbone.frame_batch_to_latents(latents).float()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
         """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F, h, w)``, ``batch_size`` frames
         per VAE call."""
-        frames = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
+        frames = self.backbone.latents_to_frame_batch(latents) / self.vae.config.scaling_factor
         images = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample for chunk in frames.split(batch_size)])
         return (images.float() / 2 + 0.5).clamp(0, 1)[None]
 
@@ -210,7 +235,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return initial_latent(inverted, noise, downsample_factor, low_pass_grid)
 
     def _unet_call(self, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
-        return self.unet(latents.to(self.unet.dtype), t, encoder_hidden_states=embedding).sample
+        """The UNet's noise prediction ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)`` and one text
+        embedding ``(B, L, D)`` per video, called as the model's family calls it."""
+        return self.backbone.unet_call(self.unet, latents, t, embedding)
 
     def invert(
         self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig, timesteps: list[int]
@@ -224,6 +251,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 frames,
                 model_fingerprint(self.unet, self.vae, self.text_encoder),
                 model=self.model_name,
+                family=self.backbone.name,
+                motion_adapter=self.motion_adapter_name,
                 scheduler=public_config(self.scheduler.config),
                 source_prompt=config.source_prompt,
                 inversion_steps=config.inversion_steps,
@@ -342,6 +371,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             gradient_checkpointing=config.gradient_checkpointing,
             seed=config.seed,
             base_model=self.model_name,
+            family=self.backbone.name,
+            unet_call=self._unet_call,
             progress=lambda total: self._progress(total, "Motion fine-tune"),
             prediction_type=self.scheduler.config.prediction_type,
             lambda_global=config.train_lambda_global,
@@ -367,7 +398,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         unknown = sorted(set(overrides) - set(SMAConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
-        return (config or self.default_config()).replace(**explicit, **overrides).validate()
+        config = (config or self.default_config()).replace(**explicit, **overrides).validate()
+        self.backbone.check(self.unet, config)
+        return config
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -545,7 +578,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 clock = time.perf_counter()
                 adapter = self._train_adapter(frames, source, config)
                 timings["fine_tune"] = time.perf_counter() - clock
-            with applied_adapter(self.unet, adapter, self.model_name):
+            with applied_adapter(self.unet, adapter, self.model_name, family=self.backbone.name):
                 output, loss_history = self._sample(
                     frames, timesteps, negative, target, source, config, timings, output_type
                 )
@@ -591,7 +624,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         cfg_embeddings = torch.cat([negative, target])
         loss_history: list[dict[str, Any]] = []
         timings["guidance"] = timings["denoise"] = 0.0
-        recorder = FeatureRecorder(self.unet, config.feature_layers, config.num_frames, stop_after_last=True)
+        recorder = self.feature_recorder(config)
         with self._progress(len(timesteps), "Sampling") as bar:
             for i, t in enumerate(timesteps):
                 if i < len(guided):

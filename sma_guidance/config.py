@@ -34,6 +34,18 @@ DMT_FEATURE_LAYERS = (
     "up_blocks.1.upsamplers.0",
 )
 
+# AnimateDiff's counterpart of DMT's decoder block 1 (README, "Models"): SD 1.5's UNet has Zeroscope's
+# block layout (channels 320/640/1280/1280, three resnets per decoder block), and its up_blocks.1 is, as
+# Zeroscope's, the first decoder block with text cross-attention, 1280 channels at 1/32 of the frame
+# (16 x 16 at 512 x 512, upsampled to 32 x 32). Recorded: the middle resnet's pre-residual output, the
+# motion module after it (the temporal transformer, where the frames meet, in the place of DMT's
+# temporal convolution) and the block's upsampler.
+ANIMATEDIFF_FEATURE_LAYERS = (
+    "up_blocks.1.resnets.1.conv2",
+    "up_blocks.1.motion_modules.1",
+    "up_blocks.1.upsamplers.0",
+)
+
 FEATURE_NORMALIZATIONS = ("none", "ref-rms")
 MODES = ("zero-shot", "fine-tune", "both")
 RESIDUALS = ("signed", "abs")
@@ -48,6 +60,9 @@ class SMAConfig:
 
     # Model and hardware.
     model: str = DEFAULT_MODEL
+    # AnimateDiff: a diffusers MotionAdapter (Hub id or folder) turning ``model``, an SD 1.5 image
+    # model, into a UNetMotionModel; None for a video model (Zeroscope, a saved AnimateDiff folder).
+    motion_adapter: str | None = None
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
 
@@ -133,9 +148,11 @@ class SMAConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def for_model(cls, model: str, **overrides: Any) -> "SMAConfig":
-        """Defaults for ``model`` (its preset applied), then ``overrides``."""
-        values = dict(MODEL_PRESETS.get(model, {}))
+    def for_model(cls, model: str, family: str | None = None, **overrides: Any) -> "SMAConfig":
+        """Defaults for ``model``: its family's preset (:data:`FAMILY_PRESETS`; ``None``: the
+        defaults above, Zeroscope's), then the model's own preset, then ``overrides``."""
+        values = dict(FAMILY_PRESETS.get(family or "", {}))
+        values.update(MODEL_PRESETS.get(model, {}))
         values.update(overrides)
         values["model"] = model
         return cls.from_dict(values)
@@ -330,7 +347,24 @@ def write_run_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path
     return path
 
 
-# Per-model overrides of the defaults above. Zeroscope uses the defaults as they are.
+# Per-family overrides of the defaults above (the family is detected from the model's own
+# model_index.json, see pipelines/backbones). Zeroscope uses the defaults as they are.
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "zeroscope": {},
+    "animatediff": {
+        # AnimateDiff's native clip: 16 frames of 512 x 512 (its motion modules were trained on 16).
+        "num_frames": 16,
+        "height": 512,
+        "width": 512,
+        "guidance_scale": 7.5,  # diffusers' AnimateDiffPipeline default (DMT's 10 was tuned on Zeroscope)
+        "feature_layers": ANIMATEDIFF_FEATURE_LAYERS,
+        # VMC's recipe on AnimateDiff: the motion modules' attention projections (both attentions of an
+        # AnimateDiff motion module attend over frames).
+        "trainable_modules": r"motion_modules\..*\.to_[qkv]$",
+    },
+}
+
+# Per-model overrides of the defaults above (after the family's). Zeroscope uses the defaults as they are.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A tiny random model built in code: its output is noise; it exists for tests and smoke runs.
     "tiny-random": {
@@ -361,6 +395,23 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         # A few MiB of activations: recomputing them would only cost time.
         "activation_checkpointing": "off",
     },
+    # A tiny random AnimateDiff (UNetMotionModel) built in code, for tests and smoke runs.
+    "tiny-random-animatediff": {
+        "num_frames": 8,
+        "height": 64,
+        "width": 64,
+        "inversion_steps": 50,
+        "activation_checkpointing": "off",
+    },
 }
 
-__all__ = ["SMAConfig", "write_run_record", "MODEL_PRESETS", "DEFAULT_MODEL", "DMT_FEATURE_LAYERS", "DMT_NEGATIVE_PROMPT"]
+__all__ = [
+    "ANIMATEDIFF_FEATURE_LAYERS",
+    "DEFAULT_MODEL",
+    "DMT_FEATURE_LAYERS",
+    "DMT_NEGATIVE_PROMPT",
+    "FAMILY_PRESETS",
+    "MODEL_PRESETS",
+    "SMAConfig",
+    "write_run_record",
+]

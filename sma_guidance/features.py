@@ -1,7 +1,8 @@
 """Record a network's intermediate outputs with forward hooks.
 
 :class:`FeatureRecorder` hooks named submodules with ``register_forward_hook`` — the model is neither
-wrapped nor edited — and reshapes their ``(B·F, D, H, W)`` outputs to ``(B, F, D, H, W)``. With
+wrapped nor edited — and reshapes their ``(B·F, D, H, W)`` outputs to ``(B, F, D, H, W)`` (or as a
+model family's ``to_frames`` says). With
 ``stop_after_last=True`` a forward raises a private exception as soon as every named layer has fired,
 so the rest of the network (for DMT's decoder block 1: the later up blocks and the output head) never
 runs; :meth:`FeatureRecorder.run` swallows it and returns the features.
@@ -35,6 +36,8 @@ class FeatureRecorder:
         layer_names: dotted names as in ``model.named_modules()``.
         num_frames: frames per video; outputs of shape ``(B·F, ...)`` are split into ``(B, F, ...)``.
         stop_after_last: end the forward once all layers have been recorded.
+        to_frames: ``(output, num_frames) -> (B, F, D, H, W)`` for a model whose layers lay frames out
+            otherwise (default: outputs ``(B·F, ...)`` with the frames of a video adjacent).
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class FeatureRecorder:
         layer_names: Iterable[str],
         num_frames: int,
         stop_after_last: bool = False,
+        to_frames: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
+        self.to_frames = to_frames
         self.layer_names = tuple(layer_names)
         self.num_frames = num_frames
         self.stop_after_last = stop_after_last
@@ -66,18 +71,17 @@ class FeatureRecorder:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if isinstance(output, (tuple, list)):
                 output = output[0]
-            self.features[name] = self._split_frames(output)
+            self.features[name] = (self.to_frames or self._split_frames)(output, self.num_frames)
             if self.stop_after_last and len(self.features) == len(self.layer_names):
                 raise _StopForward
 
         return hook
 
-    def _split_frames(self, output: torch.Tensor) -> torch.Tensor:
-        if output.shape[0] % self.num_frames:
-            raise RuntimeError(
-                f"recorded output of shape {tuple(output.shape)} does not split into {self.num_frames} frames"
-            )
-        return rearrange(output, "(b f) ... -> b f ...", f=self.num_frames)
+    @staticmethod
+    def _split_frames(output: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if output.shape[0] % num_frames:
+            raise RuntimeError(f"recorded output of shape {tuple(output.shape)} does not split into {num_frames} frames")
+        return rearrange(output, "(b f) ... -> b f ...", f=num_frames)
 
     def __enter__(self) -> "FeatureRecorder":
         self.attach()

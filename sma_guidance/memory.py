@@ -9,7 +9,8 @@ composable ``checkpoint`` API, which installs a forward pre-hook and a forward h
 Granularities (measured in the README, "Memory and speed options"):
 
 - ``"blocks"``: each top-level UNet block (``down_blocks.i``, ``mid_block``, ``up_blocks.j``);
-- ``"layers"``: each resnet, temporal convolution, spatial and temporal transformer inside them —
+- ``"layers"``: each resnet, temporal convolution, spatial and temporal transformer (UNet3D) or
+  motion module (AnimateDiff's UNetMotionModel) inside them —
   more recomputation bookkeeping, less memory at the peak of the backward.
 
 A module that holds a recorded layer is never checkpointed: its output feeds the loss directly, and
@@ -32,7 +33,7 @@ from .config import CHECKPOINTING
 from .errors import UserError
 
 _BLOCK_PARENTS = ("down_blocks", "up_blocks")
-_LAYER_PARENTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
+_LAYER_PARENTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules")
 
 
 def _holds(name: str, recorded: Iterable[str]) -> bool:
@@ -40,10 +41,11 @@ def _holds(name: str, recorded: Iterable[str]) -> bool:
 
 
 def checkpoint_units(model: nn.Module, granularity: str, recorded: Iterable[str] = ()) -> list[str]:
-    """Names of the submodules of a UNet3D that ``granularity`` checkpoints, in forward order.
+    """Names of the submodules of a video UNet that ``granularity`` checkpoints, in forward order.
 
     Args:
-        model: a ``UNet3DConditionModel`` (any module whose blocks follow diffusers' naming).
+        model: a ``UNet3DConditionModel`` or ``UNetMotionModel`` (any module whose blocks follow
+            diffusers' naming).
         granularity: one of :data:`CHECKPOINTING`.
         recorded: layer names whose outputs the caller reads; modules holding one are skipped.
     """
