@@ -2,9 +2,11 @@
 
     sma-guide input.mp4 --prompt "a car driving in a forest"          # writes input.sma.mp4 + input.sma.json
     sma-guide input.mp4 --prompt "..." --model tiny-random -o out.mp4  # seconds on a CPU (output is noise)
+    sma-guide input.mp4 --prompt "..." --model BASE --motion-adapter ADAPTER   # AnimateDiff (SD 1.5 + adapter)
 
 Every default comes from :class:`sma_guidance.config.SMAConfig` (DMT's published settings for Zeroscope,
-SMA's λg = 0.4, λl = 0.2), overridden in turn by the model's preset, ``--config FILE`` and the flags.
+SMA's λg = 0.4, λl = 0.2), overridden in turn by the model family's preset (detected from the model's
+``model_index.json``), the model's preset, ``--config FILE`` and the flags.
 """
 
 from __future__ import annotations
@@ -88,10 +90,11 @@ def _record_path(output: Path) -> Path:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output video (.mp4 or .gif). [default: INPUT.sma.mp4]")
 @click.option("--source-prompt", help='Prompt describing the input (inversion and reference features). [default: ""]')
 @click.option("--negative-prompt", help="Negative prompt for classifier-free guidance. [default: DMT's]")
-@click.option("--model", help="Hub id, local diffusers folder, or tiny-random. [default: cerspense/zeroscope_v2_576w]")
-@click.option("--frames", type=int, help="Frames resampled from the input. [default: 24]")
-@click.option("--height", type=int, help="Output height, a multiple of 8. [default: 320]")
-@click.option("--width", type=int, help="Output width, a multiple of 8. [default: 576]")
+@click.option("--model", help="Hub id, local diffusers folder, tiny-random or tiny-random-animatediff. [default: cerspense/zeroscope_v2_576w]")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
+@click.option("--frames", type=int, help="Frames resampled from the input. [default: 24; AnimateDiff: 16]")
+@click.option("--height", type=int, help="Output height, a multiple of 8. [default: 320; AnimateDiff: 512]")
+@click.option("--width", type=int, help="Output width, a multiple of 8. [default: 576; AnimateDiff: 512]")
 @click.option("--steps", type=int, help="DDIM sampling steps. [default: 50]")
 @click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: 999]")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance scale. [default: 10]")
@@ -151,11 +154,11 @@ def transfer(
     side_by_side: bool,
     quiet: bool,
     flags: dict[str, Any],
-    pipelines: dict[tuple[str, str, str], Any] | None = None,
+    pipelines: dict[tuple[str | None, ...], Any] | None = None,
     strip: bool = False,
 ) -> None:
     """The run command's work (also one job of ``batch``): checks, the run, the files. ``pipelines``
-    caches loaded models by (model, device, dtype) across calls."""
+    caches loaded models by (model, motion adapter, device, dtype) across calls."""
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import (
         check_output_path, export_to_video, frame_strip, read_frames, save_image, side_by_side as stack,
@@ -178,12 +181,15 @@ def transfer(
 
     from pipelines import SMAMotionTransferPipeline
 
-    key = (config.model, config.device, config.dtype)
+    key = (config.model, config.motion_adapter, config.device, config.dtype)
     pipe = pipelines.get(key) if pipelines is not None else None
     if pipe is None:
-        pipe = SMAMotionTransferPipeline.load(config.model, device=config.device, dtype=config.dtype)
+        pipe = SMAMotionTransferPipeline.load(
+            config.model, device=config.device, dtype=config.dtype, motion_adapter=config.motion_adapter
+        )
         if pipelines is not None:
             pipelines[key] = pipe
+    config = build_config(config_file, flags, family=pipe.backbone.name)  # the loaded model's family decides
     pipe.set_progress_bar_config(disable=quiet)
     result = pipe(video=input_path, prompt=prompt, config=config)
     written = export_to_video(result.frames[0], output, fps=result.fps)
@@ -205,6 +211,7 @@ def transfer(
             "output": str(written),
             "prompt": prompt,
             "fps": result.fps,
+            "family": pipe.backbone.name,
             "config": result.config,
             "loss_history": result.loss_history,
             "timings": result.timings,
@@ -217,8 +224,9 @@ def transfer(
         click.echo(f"wrote {written}{extra} and {record_path}")
 
 
-def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
-    """Defaults ← model preset ← ``--config`` file ← flags, validated."""
+def build_config(config_file: Path | None, flags: dict[str, Any], family: str | None = None) -> SMAConfig:
+    """Defaults ← the model family's preset ← the model's preset ← ``--config`` file ← flags, validated.
+    The family is detected from the model's ``model_index.json`` unless given (a loaded pipeline's)."""
     file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
     fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
     for name in ("cache_dir", "adapter"):
@@ -226,7 +234,11 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> SMAConfig:
             fields[name] = str(fields[name])
     model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
     file_values.pop("model", None)
-    return SMAConfig.for_model(model, **file_values).replace(**fields).validate()
+    if family is None:
+        from pipelines.backbones import model_family
+
+        family = model_family(model, fields.get("motion_adapter") or file_values.get("motion_adapter"))
+    return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate()
 
 
 def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: Path) -> None:
@@ -419,7 +431,7 @@ def batch_command(jobs_path: Path, device: str, quiet: bool) -> None:
         device = str(state.device)
     mine = assigned(jobs, state.process_index, state.num_processes)
     who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
-    pipelines: dict[tuple[str, str, str], Any] = {}
+    pipelines: dict[tuple[str | None, ...], Any] = {}
     done = skipped = failed = 0
     for job in tqdm(mine, desc=f"{who}jobs", disable=quiet):
         options = dict(job.options)
@@ -482,7 +494,9 @@ def _size_options(command: Any) -> Any:
 
 @bench.command("speed")
 @click.option("--model", default="tiny-random", show_default=True,
-              help="tiny-random, shapes, zeroscope-arch (Zeroscope's architecture, random weights), a folder or a Hub id.")
+              help="tiny-random, shapes, zeroscope-arch (Zeroscope's architecture, random weights), tiny-random-animatediff, "
+                   "animatediff-arch (SD 1.5 + AnimateDiff v3, random weights), a folder or a Hub id.")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @_size_options
 @click.option("--steps", type=int, help="DDIM sampling steps of the whole run. [default: the model's preset]")
 @click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: the model's preset]")
@@ -502,7 +516,7 @@ def _size_options(command: Any) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No per-stage lines.")
 @reports_user_errors
 def bench_speed(
-    model: str, frames: int | None, height: int | None, width: int | None, steps: int | None,
+    model: str, motion_adapter: str | None, frames: int | None, height: int | None, width: int | None, steps: int | None,
     inversion_steps: int | None, optimization_steps: int | None, device: str, dtype: str, attention: str | None,
     activation_checkpointing: str | None, vae_batch_size: int | None, warmup: int, repeats: int,
     whole_run: bool, scaling_frames: str | None, scaling_sizes: str | None, config_file: Path | None,
@@ -515,7 +529,7 @@ def bench_speed(
     check_json_path(json_path, flag="--output")
     frame_counts, sizes = _int_list(scaling_frames, "--scaling-frames"), _size_list(scaling_sizes)
     overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
-    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype=dtype)
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype=dtype, motion_adapter=motion_adapter)
     pipe.set_progress_bar_config(disable=True)
     config = pipe.default_config().replace(**overrides).replace(
         num_frames=frames, height=height, width=width, num_inference_steps=steps, inversion_steps=inversion_steps,
@@ -537,7 +551,9 @@ def bench_speed(
 
 @bench.command("memory")
 @click.option("--model", default="zeroscope-arch", show_default=True,
-              help="zeroscope-arch, tiny-random, shapes, a diffusers folder or a cached Hub id (only configs are read).")
+              help="zeroscope-arch, animatediff-arch, tiny-random, tiny-random-animatediff, shapes, a diffusers folder or a "
+                   "cached Hub id (only configs are read).")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @_size_options
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
 @click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="[default: the config's, sdpa]")
@@ -546,22 +562,26 @@ def bench_speed(
 @click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_memory.json"), show_default=True)
 @reports_user_errors
 def bench_memory(
-    model: str, frames: int | None, height: int | None, width: int | None, dtype: str, attention: str | None,
+    model: str, motion_adapter: str | None, frames: int | None, height: int | None, width: int | None, dtype: str, attention: str | None,
     vae_batch_size: int | None, config_file: Path | None, json_path: Path,
 ) -> None:
     """Estimate a run's GPU memory at any size without a GPU or weights, for each activation-checkpointing
     choice (fake tensors; a lower bound); prints a markdown table, writes JSON."""
     import torch
 
-    from pipelines.bench_memory import estimate_memory, memory_table
+    from pipelines.bench_memory import component_configs, estimate_memory, memory_table
     from pipelines.bench_speed import write_record
 
     check_json_path(json_path, flag="--output")
     overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
-    config = SMAConfig.for_model(model, **{k: v for k, v in overrides.items() if k != "model"}).replace(
+    configs = component_configs(model, motion_adapter)
+    config = SMAConfig.for_model(
+        model, family=configs["family"], **{k: v for k, v in overrides.items() if k != "model"}
+    ).replace(
         num_frames=frames, height=height, width=width, attention=attention, vae_batch_size=vae_batch_size,
+        motion_adapter=motion_adapter,
     ).validate()
-    record = estimate_memory(model, config, getattr(torch, dtype))
+    record = estimate_memory(model, config, getattr(torch, dtype), configs=configs)
     write_record(record, json_path)
     click.echo(memory_table(record))
     click.echo(f"\nwrote {json_path}")

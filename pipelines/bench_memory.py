@@ -23,24 +23,31 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sma_guidance.config import CHECKPOINTING, SMAConfig
 from sma_guidance.errors import UserError
-from sma_guidance.features import FeatureRecorder
 from sma_guidance.memory import TensorMemory
 
+from .backbones import BACKBONES, BUILTIN_MODELS, backbone_of
+from .backbones.animatediff import (
+    ANIMATEDIFF_ARCH,
+    MOTION_ADAPTER_CONFIG,
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+    check_adapter_fits,
+    motion_unet_config,
+)
 from .components import (
     BUNDLED_MODELS,
-    TINY_RANDOM,
     ZEROSCOPE_ARCH,
     ZEROSCOPE_SCHEDULER_CONFIG,
     ZEROSCOPE_TEXT_CONFIG,
     ZEROSCOPE_UNET_CONFIG,
     ZEROSCOPE_VAE_CONFIG,
-    build_tiny_random,
     build_tiny_tokenizer,
 )
 from .sma_pipeline import SMAMotionTransferPipeline
@@ -48,29 +55,44 @@ from .sma_pipeline import SMAMotionTransferPipeline
 _GIB = 2**30
 
 
-def component_configs(model: str) -> dict[str, Any]:
-    """The UNet, VAE and text-encoder configurations of ``model`` (tiny-random, zeroscope-arch, a
-    bundled model, a diffusers folder, or a Hub id already in the local cache) — no weights read."""
+def component_configs(model: str, motion_adapter: str | None = None) -> dict[str, Any]:
+    """The family and the UNet, VAE and text-encoder configurations of ``model`` (a model built in code,
+    a bundled model, a diffusers folder, or a Hub id already in the local cache; with ``motion_adapter``
+    an SD 1.5 image model made AnimateDiff) — no weights read."""
     if model == ZEROSCOPE_ARCH:
-        return {"unet": dict(ZEROSCOPE_UNET_CONFIG), "vae": dict(ZEROSCOPE_VAE_CONFIG),
+        return {"family": "zeroscope", "unet": dict(ZEROSCOPE_UNET_CONFIG), "vae": dict(ZEROSCOPE_VAE_CONFIG),
                 "text_encoder": CLIPTextConfig(**ZEROSCOPE_TEXT_CONFIG)}
-    if model == TINY_RANDOM:
-        parts = build_tiny_random()
-        return {"unet": dict(parts["unet"].config), "vae": dict(parts["vae"].config),
-                "text_encoder": parts["text_encoder"].config}
+    if model == ANIMATEDIFF_ARCH:
+        return {"family": "animatediff", "unet": motion_unet_config(SD15_UNET_CONFIG, MOTION_ADAPTER_CONFIG),
+                "vae": dict(SD15_VAE_CONFIG), "text_encoder": CLIPTextConfig(**SD15_TEXT_CONFIG)}
+    if model in BUILTIN_MODELS:
+        parts = BACKBONES[BUILTIN_MODELS[model]].builtin[model]()
+        return {"family": backbone_of(parts["unet"]).name, "unet": dict(parts["unet"].config),
+                "vae": dict(parts["vae"].config), "text_encoder": parts["text_encoder"].config}
     source = str(BUNDLED_MODELS.get(model, model))
     try:
-        return {
-            "unet": dict(UNet3DConditionModel.load_config(source, subfolder="unet")),
+        unet = dict(UNet2DConditionModel.load_config(source, subfolder="unet"))  # any UNet's config.json
+        configs = {
+            "unet": unet,
             "vae": dict(AutoencoderKL.load_config(source, subfolder="vae")),
             "text_encoder": CLIPTextConfig.from_pretrained(source, subfolder="text_encoder"),
         }
-    except Exception as err:  # noqa: BLE001 — missing folder, not cached offline, not a UNet3D pipeline...
+        adapter = dict(MotionAdapter.load_config(motion_adapter)) if motion_adapter else None
+    except Exception as err:  # noqa: BLE001 — missing folder, not cached offline, not a diffusers pipeline...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"cannot read the unet/vae/text_encoder configs of {model!r} ({detail}); pass tiny-random, shapes, "
-            f"zeroscope-arch, a diffusers folder, or a Hub id in the local cache"
+            f"zeroscope-arch, animatediff-arch, a diffusers folder, or a Hub id in the local cache"
         ) from None
+    found = unet.get("_class_name")
+    if found == UNet2DConditionModel.__name__ and adapter is not None:
+        check_adapter_fits(unet, adapter, model, str(motion_adapter))
+        return {**configs, "family": "animatediff", "unet": motion_unet_config(unet, adapter)}
+    for backbone in BACKBONES.values():
+        if found in backbone.unet_classes and adapter is None:
+            return {**configs, "family": backbone.name}
+    supported = "; ".join(b.accepts for b in BACKBONES.values())
+    raise UserError(f"unknown model family: {model}'s unet is a {found}; supported: {supported}")
 
 
 @contextlib.contextmanager
@@ -87,7 +109,7 @@ def _fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, scheduler: DDIMS
     """The pipeline with shape-only components in ``dtype`` (call inside ``FakeTensorMode``); the
     scheduler is made outside it, so that its timesteps are real numbers."""
     with _default_dtype(dtype):
-        unet = UNet3DConditionModel.from_config(configs["unet"]).eval()
+        unet = BACKBONES[configs["family"]].unet_type.from_config(configs["unet"]).eval()
         vae = AutoencoderKL.from_config(configs["vae"]).eval()
         text_encoder = CLIPTextModel(configs["text_encoder"]).eval()
     return SMAMotionTransferPipeline(
@@ -113,7 +135,7 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> 
     # Content does not change the cost, so zeros stand in for the clip, the latents and the prompt.
     latents = torch.zeros(shape)
     embedding = torch.zeros(text_shape, dtype=dtype)
-    recorder = FeatureRecorder(unet, config.feature_layers, config.num_frames, stop_after_last=True)
+    recorder = pipe.feature_recorder(config)
     results: dict[str, int] = {}
     with pipe.speed_options(config):
         with recorder, torch.no_grad():
@@ -148,11 +170,13 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> 
 
 
 def estimate_memory(
-    model: str, config: SMAConfig, dtype: torch.dtype, checkpointing: tuple[str, ...] = CHECKPOINTING
+    model: str, config: SMAConfig, dtype: torch.dtype, checkpointing: tuple[str, ...] = CHECKPOINTING,
+    configs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Estimated GPU memory of ``model`` at ``config`` in ``dtype``, for each activation-checkpointing
-    choice in ``checkpointing``: the weights, each stage and a run's peak. Returns a JSON-ready record."""
-    configs = component_configs(model)
+    choice in ``checkpointing``: the weights, each stage and a run's peak. ``configs``: those of
+    :func:`component_configs` when already read. Returns a JSON-ready record."""
+    configs = configs or component_configs(model, config.motion_adapter)
     scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
     scheduler.set_timesteps(config.num_inference_steps)
     t = int(scheduler.timesteps[0])
@@ -165,6 +189,7 @@ def estimate_memory(
             columns[choice] = {"stages": stages, "peak_bytes": sum(weights.values()) + max(stages.values())}
     return {
         "model": model,
+        "family": configs["family"],
         "frames": config.num_frames,
         "height": config.height,
         "width": config.width,

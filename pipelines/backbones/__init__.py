@@ -17,6 +17,7 @@ animatediff   ``UNetMotionModel``                    a saved AnimateDiff folder,
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,18 @@ def component_class(index: dict[str, Any], name: str) -> str | None:
     return entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
 
 
+def describe_index(index: dict[str, Any]) -> str:
+    """What a ``model_index.json`` says, in a few words: ``_class_name 'X' (unet: Y, vae: Z, ...)``."""
+    parts = [f"{name}: {component_class(index, name)}" for name in index
+             if not name.startswith("_") and component_class(index, name)]
+    return f"_class_name {index.get('_class_name')!r} ({', '.join(parts) or 'no components'})"
+
+
 def detect_backbone(index: dict[str, Any], model: str, motion_adapter: str | None = None) -> Backbone:
     """The family of the model whose ``model_index.json`` is ``index``; a one-line :class:`UserError`
     naming what was found and what is supported when no family fits (or the motion adapter does not)."""
     unet = component_class(index, "unet")
-    found = f"_class_name {index.get('_class_name')!r}, unet {unet!r}"
+    found = describe_index(index)
     if unet == IMAGE_UNET:
         if not motion_adapter:
             raise UserError(
@@ -85,7 +93,8 @@ def read_model_index(model: str, local: bool) -> dict[str, Any]:
             return json.loads((Path(model).expanduser() / "model_index.json").read_text())
         from diffusers import DiffusionPipeline
 
-        with quiet_loading():
+        with quiet_loading(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # hub client deprecations: a failure is one UserError
             return dict(DiffusionPipeline.load_config(model))
     except Exception as err:  # noqa: BLE001 — unreadable JSON, not cached offline, unknown id...
         raise UserError(explain_load_error(model, local, err)) from None

@@ -222,6 +222,7 @@ def _adapter_config(adapter: str) -> tuple[dict[str, Any], str]:
 
 class AnimateDiffBackbone(Backbone):
     name = "animatediff"
+    unet_type = UNetMotionModel
     unet_classes = ("UNetMotionModel",)
     builtin = {TINY_RANDOM_ANIMATEDIFF: build_tiny_animatediff, ANIMATEDIFF_ARCH: build_animatediff_arch}
     accepts = SUPPORTED

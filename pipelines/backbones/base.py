@@ -23,6 +23,8 @@ class Backbone:
 
     #: family id, the key of :data:`FAMILY_PRESETS` and what adapters and cache keys record
     name: str = ""
+    #: the UNet class the family builds from a configuration
+    unet_type: type = torch.nn.Module
     #: the ``unet`` component's class name(s) that identify the family
     unet_classes: tuple[str, ...] = ()
     #: model names built in code (no download): name -> builder of the components

@@ -11,15 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import UNet3DConditionModel
 
-from ..components import ZEROSCOPE_ARCH, TINY_RANDOM, build_tiny_random, build_zeroscope_arch, from_pretrained
+from .. import components
+from ..components import TINY_RANDOM, ZEROSCOPE_ARCH, from_pretrained
 from .base import Backbone
+
+
+def _build(name: str) -> Any:
+    """``components.<name>`` looked up when called (the builders live, and are replaced in tests, there)."""
+    return lambda: getattr(components, name)()
 
 
 class ZeroscopeBackbone(Backbone):
     name = "zeroscope"
+    unet_type = UNet3DConditionModel
     unet_classes = ("UNet3DConditionModel",)
-    builtin = {TINY_RANDOM: build_tiny_random, ZEROSCOPE_ARCH: build_zeroscope_arch}
+    builtin = {TINY_RANDOM: _build("build_tiny_random"), ZEROSCOPE_ARCH: _build("build_zeroscope_arch")}
     accepts = "zeroscope (a UNet3DConditionModel video model, e.g. cerspense/zeroscope_v2_576w, shapes, tiny-random)"
 
     def load(self, pipeline_cls: type, model: str, index: dict[str, Any], torch_dtype: torch.dtype | None,
