@@ -1,4 +1,5 @@
-"""Diffusers pipelines of sma-guide: zero-shot SMA motion transfer on a text-to-video UNet3D."""
+"""Diffusers pipelines of sma-guide: SMA motion transfer on text-to-video models of several families
+(:mod:`pipelines.backbones`: Zeroscope's UNet3D, AnimateDiff's UNetMotionModel)."""
 
 from sma_guidance.video_io import export_to_video
 

@@ -3,8 +3,9 @@
 
 The defaults are DMT's published configuration for Zeroscope (``configs/guidance_config.yaml`` and
 ``configs/preprocess_config.yaml`` of Yatim et al.) plus the SMA paper's spectral weights
-(λg = 0.4, λl = 0.2, δ = 0.05, Haar). Models other than Zeroscope can carry a *preset* that overrides
-some of them (their native size, say); see :data:`MODEL_PRESETS`.
+(λg = 0.4, λl = 0.2, δ = 0.05, Haar). Other model families (AnimateDiff) override some of them in
+:data:`FAMILY_PRESETS` (native size, recorded layers, trained modules), and single models can carry a
+*preset* on top (their native size, say); see :data:`MODEL_PRESETS`.
 """
 
 from __future__ import annotations
