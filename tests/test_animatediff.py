@@ -213,7 +213,11 @@ def test_base_and_motion_adapter_load_as_animatediff(sd_folders):
 def test_a_saved_animatediff_folder_loads_alone(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "ad")
     index = json.loads((tmp_path / "ad" / "model_index.json").read_text())
-    index["_class_name"] = "AnimateDiffPipeline"  # as diffusers' own pipeline saves it
+    # as diffusers' AnimateDiffPipeline saves it: its motion adapter beside the UNetMotionModel, optional parts unset
+    index.update(_class_name="AnimateDiffPipeline", motion_adapter=["diffusers", "MotionAdapter"],
+                 feature_extractor=[None, None], image_encoder=[None, None])
+    DiffusersMotionAdapter(block_out_channels=(16, 32, 32), motion_layers_per_block=1, motion_num_attention_heads=2,
+                           motion_norm_num_groups=8, use_motion_mid_block=False).save_pretrained(tmp_path / "ad" / "motion_adapter")
     (tmp_path / "ad" / "model_index.json").write_text(json.dumps(index))
     loaded = SMAMotionTransferPipeline.load(str(tmp_path / "ad"), device="cpu")
     assert loaded.backbone.name == "animatediff"
@@ -356,3 +360,9 @@ def test_animatediff_arch_is_sd15_plus_the_v3_adapter_built_on_meta():
     assert 1.2e9 < parameters < 1.5e9  # SD 1.5's 860 M + v3's motion modules (≈ 420 M)
     assert DMT_FEATURE_LAYERS[1] == "up_blocks.1.temp_convs.1" and DMT_FEATURE_LAYERS[1] not in modules  # Zeroscope's
     assert set(BACKBONES) == {"zeroscope", "animatediff"}
+    with torch.device("meta"):  # the builder behind --model animatediff-arch, without the 5 GB of weights
+        from pipelines.backbones.animatediff import build_animatediff_arch
+
+        parts = build_animatediff_arch()
+    assert dict(parts["unet"].config)["block_out_channels"] == (320, 640, 1280, 1280)
+    assert parts["text_encoder"].config.hidden_size == 768 and parts["vae"].config.sample_size == 512
