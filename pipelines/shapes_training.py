@@ -2,6 +2,7 @@
 
     python -m pipelines.shapes_training                      # writes pipelines/shapes_model/
     python -m pipelines.shapes_training --unet-minutes 60    # train the UNet for a wall-clock budget
+    python -m pipelines.shapes_training --device cuda --batch-size 48 --restart-minutes 7   # a GPU sitting
 
 Three stages, each checkpointed in ``--workdir`` so that a stopped run resumes where it was:
 
@@ -89,10 +90,11 @@ def train_vae(
     """Reconstruction (L1 + MSE, object pixels and the outer ring weighted up) of the posterior mean
     with a small KL term; resumes from ``workdir/vae.pt``."""
     checkpoint = workdir / "vae.pt"
+    device = next(vae.parameters()).device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     start = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
@@ -103,14 +105,14 @@ def train_vae(
         lr = 2e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        frames = _frames_batch(rng, 16)
+        frames = _frames_batch(rng, 16).to(device)
         posterior = vae.encode(frames).latent_dist
         recon = vae.decode(posterior.mode()).sample
         # Objects cover a few percent of a frame: weight their pixels up, or the background wins. The
         # outer ring too: the convolutions' zero padding tints the borders unless errors there count.
         corner = frames[:, :, :1, :1]
         weight = 1 + 20 * ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weight = weight + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX)
+        weight = weight + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX).to(device)
         error = recon - frames
         rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         loss = rec + 1e-6 * posterior.kl().mean()
@@ -159,20 +161,27 @@ def vae_round_trip(vae: AutoencoderKL, clips: int = 200, seed: int = VAE_CHECK_S
 
 
 @torch.no_grad()
-def encode_pool(vae: AutoencoderKL, workdir: Path, clips: int, seed: int) -> tuple[torch.Tensor, list]:
-    """Latent means ``(N, 4, F, 16, 16)`` of a fixed pool of clips and their specs (cached)."""
+def encode_pool(
+    vae: AutoencoderKL, workdir: Path, clips: int, seed: int, clips_per_batch: int = 1
+) -> tuple[torch.Tensor, list]:
+    """Latent means ``(N, 4, F, 16, 16)`` (on the CPU) of a fixed pool of clips and their specs (cached);
+    ``clips_per_batch`` clips go through the encoder at once (1 on a CPU, more on a GPU)."""
     cache = workdir / "pool.pt"
     if cache.exists():
         state = torch.load(cache, weights_only=False)
         if state["clips"] == clips:
             return state["latents"], state["specs"]
     rng = np.random.default_rng(seed)
-    latents, specs = [], []
+    latents, specs, pending = [], [], []
     for index in range(clips):
         clip, _, spec = shapes.sample_clip(rng)
-        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents.append(vae.encode(frames).latent_dist.mode().permute(1, 0, 2, 3))
+        pending.append(clip)
         specs.append(spec)
+        if len(pending) == clips_per_batch or index + 1 == clips:
+            frames = torch.from_numpy(np.concatenate(pending)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            encoded = vae.encode(frames.to(vae.device)).latent_dist.mode().cpu()
+            latents.extend(encoded.unflatten(0, (len(pending), -1)).permute(0, 2, 1, 3, 4))
+            pending = []
         if (index + 1) % 1000 == 0:
             print(f"encoded {index + 1}/{clips} clips", flush=True)
     stacked = torch.stack(latents)
@@ -194,11 +203,20 @@ def train_unet(
     high_noise_share: float = 0.0,
     high_noise_from: int = 500,
     max_snr_weight: float = 1.0,
+    offset_noise: float = 0.0,
+    restart_minutes: float | None = None,
 ) -> None:
     """Joint training of the UNet3D and the text encoder on the scheduler's prediction type (ε or v);
-    resumes from ``workdir/unet.pt``."""
+    resumes from ``workdir/unet.pt``. ``latents`` may live on the CPU; the UNet's device is used.
+
+    The learning rate follows one cosine over ``steps`` (3e-4 → 3e-5 after a 500-step warm-up). With
+    ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that many minutes
+    (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
+    ``minutes`` are then ignored."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
-    alphas = components["scheduler"].alphas_cumprod.float()
+    device = next(unet.parameters()).device
+    latents = latents.to(device)
+    alphas = components["scheduler"].alphas_cumprod.float().to(device)
     predicts_velocity = components["scheduler"].config.prediction_type == "v_prediction"
     checkpoint = workdir / "unet.pt"
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -213,7 +231,7 @@ def train_unet(
     optimizer = torch.optim.AdamW(groups, lr=3e-4, weight_decay=1e-2)
     start = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         if len(state["optimizer"]["param_groups"]) == len(groups):
@@ -228,24 +246,41 @@ def train_unet(
     unet.train()
     text_encoder.train()
     clock = time.time()
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     step = start
-    while step < steps and (minutes is None or time.time() - clock < minutes * 60):
-        lr = 3e-4 * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+    def running() -> bool:
+        if restart_minutes is not None:
+            return time.time() - clock < restart_minutes * 60
+        return step < steps and (minutes is None or time.time() - clock < minutes * 60)
+
+    while running():
+        if restart_minutes is None:
+            progress, warmup = step / steps, min(1.0, (step + 1) / 500)
+        else:
+            progress, warmup = (time.time() - clock) / (restart_minutes * 60), min(1.0, (step - start + 1) / 100)
+        lr = 3e-4 * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         for group in optimizer.param_groups:
             group["lr"] = lr * group["scale"]
         index = rng.integers(0, len(latents), batch_size)
-        clean = latents[index] * components["vae"].config.scaling_factor
+        clean = latents[torch.from_numpy(index).to(device)] * components["vae"].config.scaling_factor
         captions = [
             "" if rng.random() < 0.1 else shapes.random_caption(specs[i], rng) for i in index.tolist()
         ]
         tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-        embedding = text_encoder(tokens.input_ids)[0]
+        embedding = text_encoder(tokens.input_ids.to(device))[0]
         t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
         if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
             high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator)
             t = torch.where(torch.rand(batch_size, generator=generator) < high_noise_share, high, t)
         noise = torch.randn(clean.shape, generator=generator)
+        if offset_noise > 0:
+            # The schedule leaves √ᾱ_T ≈ 0.07 of the clip at t = T, enough for the model to read the
+            # background colour off the noise's mean instead of the prompt; sampling starts from
+            # zero-mean noise, so backgrounds came out tinted at random. A per-clip, per-channel offset
+            # (constant over frames and pixels) hides that mean (Guttenberg 2023, "offset noise").
+            noise = noise + offset_noise * torch.randn(*clean.shape[:2], 1, 1, 1, generator=generator)
+        t, noise = t.to(device), noise.to(device)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
         # v = √ᾱ ε − √(1−ᾱ) x₀: its MSE weighs x₀ errors by 1/(1−ᾱ) instead of ε's SNR = ᾱ/(1−ᾱ), so
@@ -260,10 +295,12 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(error.mean().item())  # plain MSE of the prediction, comparable across recipes
+        # plain MSE of the prediction, comparable across recipes (no .item(): a GPU would wait each step)
+        losses.append(error.mean().detach())
         step += 1
-        if step % 100 == 0 or step == steps:
-            recent = float(np.mean(losses[-100:]))
+        if step % 100 == 0 or step == steps or not running():
+            recent = float(torch.stack(losses[-100:]).mean())
+            losses = losses[-100:]
             print(f"unet step {step}/{steps} loss {recent:.4f} lr {lr:.2e} ({time.time() - clock:.0f}s)", flush=True)
             log["unet_final_loss_100"] = recent
             log["unet_steps"] = step
@@ -275,6 +312,11 @@ def train_unet(
                 step=step,
             )
     log["unet_seconds"] = log.get("unet_seconds", 0) + time.time() - clock
+    if restart_minutes is not None:
+        log.setdefault("unet_restarts", []).append(
+            {"from_step": start, "to_step": step, "minutes": restart_minutes, "batch_size": batch_size,
+             "device": str(device), "seconds": round(time.time() - clock)}
+        )
     unet.eval()
     text_encoder.eval()
 
@@ -322,11 +364,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=3200)
     parser.add_argument("--unet-minutes", type=float, default=None, help="stop the UNet stage after this long")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda)")
+    parser.add_argument("--batch-size", type=int, default=12, help="UNet batch (clips per step)")
+    parser.add_argument("--restart-minutes", type=float, default=None,
+                        help="a warm-restart sitting of the UNet: its own cosine learning rate over this many minutes")
     # Recipe variants tried on top of the shipped model (see the README); the defaults are its recipe.
     parser.add_argument("--temporal-lr-scale", type=float, default=1.0, help="learning-rate factor of the temporal layers")
     parser.add_argument("--high-noise-share", type=float, default=0.0, help="share of timesteps drawn from the noisier range")
     parser.add_argument("--high-noise-from", type=int, default=500, help="first timestep of the noisier range")
     parser.add_argument("--max-snr-weight", type=float, default=1.0, help="cap of the 1/SNR loss weight (1 = plain ε-MSE)")
+    parser.add_argument("--offset-noise", type=float, default=0.0,
+                        help="std of a per-clip, per-channel constant added to the training noise")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="what the UNet predicts (a variant we tried: v_prediction)")
     parser.add_argument(
@@ -340,9 +388,12 @@ def main(argv: list[str] | None = None) -> None:
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
-                "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight})
+                "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight,
+                "offset_noise": args.offset_noise})
     log["prediction_type"] = args.prediction_type
     components = build_shapes_components(args.seed, args.prediction_type)
+    for name in ("vae", "unet", "text_encoder"):
+        components[name].to(args.device)
     if args.init_from is not None and not (args.workdir / "unet.pt").exists():
         log.update(_init_from(components, args.init_from, args.workdir, args.vae_steps))
 
@@ -351,20 +402,22 @@ def main(argv: list[str] | None = None) -> None:
         log["vae_round_trip"] = vae_round_trip(components["vae"])
         print(f"vae round trip: {log['vae_round_trip']}", flush=True)
     log_path.write_text(json.dumps(log, indent=2))
-    latents, specs = encode_pool(components["vae"], args.workdir, args.clips, args.seed + 7)
+    latents, specs = encode_pool(components["vae"], args.workdir, args.clips, args.seed + 7,
+                                 clips_per_batch=1 if args.device == "cpu" else 64)
     scaling = float(1 / latents.std())
     components["vae"].register_to_config(scaling_factor=scaling)
     log["vae_scaling_factor"] = scaling
 
     train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log,
                temporal_lr_scale=args.temporal_lr_scale, high_noise_share=args.high_noise_share,
-               high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight)
+               high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
+               offset_noise=args.offset_noise, batch_size=args.batch_size, restart_minutes=args.restart_minutes)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline
 
     pipe = SMAMotionTransferPipeline(**components)
-    pipe.to(torch.float16)
+    pipe.to("cpu", torch.float16)
     pipe.save_pretrained(args.output, safe_serialization=True)
     (args.output / "training_log.json").write_text(json.dumps(log, indent=2))
     print(f"saved the shapes model to {args.output}: {json.dumps(log)}", flush=True)

@@ -140,3 +140,81 @@ def test_vae_loss_weights_the_outer_ring_and_objects(tmp_path, monkeypatch):
         shapes_training.train_vae(RingError(), workdir, steps=1, seed=0, log=log, border_weight=weight)
         losses[weight] = log["vae_final_reconstruction"]
     assert losses[4.0] > 1.5 * losses[0.0] > 0
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the UNet: records its noisy inputs, predicts zeros, keeps one trainable scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.inputs = torch.nn.Parameter(torch.ones(())), []
+
+    def forward(self, noisy, t, encoder_hidden_states):
+        self.inputs.append(noisy.detach())
+        return type("Output", (), {"sample": torch.zeros_like(noisy) * self.scale})()
+
+
+def test_offset_noise_is_one_constant_per_clip_and_channel(tmp_path, monkeypatch):
+    """With a clean pool of zeros, x_t = √(1−ᾱ) (ε + offset): a large offset shows as per-(clip, channel)
+    means far from 0, while what is left around those means is unit Gaussian noise."""
+    components = shapes_training.build_shapes_components(seed=0)
+    latents, specs = torch.zeros(4, 4, 8, 16, 16), _pool()[1]
+    alphas = components["scheduler"].alphas_cumprod.float()
+    seen_t, real_randint = [], torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: seen_t.append(real_randint(*a, **k)) or seen_t[-1])
+    means = {}
+    for offset in (0.0, 10.0):
+        components["unet"] = recorder = _Recorder()
+        (tmp_path / str(offset)).mkdir()
+        shapes_training.train_unet(components, latents, specs, tmp_path / str(offset), steps=1, minutes=None,
+                                   seed=0, log={}, batch_size=8, offset_noise=offset)
+        noise = recorder.inputs[0] / (1 - alphas[seen_t[-1]]).sqrt().view(-1, 1, 1, 1, 1)
+        means[offset] = noise.mean(dim=(2, 3, 4))
+        residual = noise - means[offset][..., None, None, None]
+        assert abs(float(residual.std()) - 1) < 0.02
+    assert float(means[0.0].abs().max()) < 0.1  # 2,048 values per mean: std 0.022
+    assert 5 < float(means[10.0].std()) < 15
+
+
+def test_a_warm_restart_runs_by_the_clock_and_anneals(tmp_path, monkeypatch):
+    """``restart_minutes`` replaces the step budget by a time budget with its own warm-up and cosine
+    (a fake clock that ticks 0.1 s a reading makes the run deterministic)."""
+    clock = iter(np.arange(0, 10_000, 0.1))
+    monkeypatch.setattr(shapes_training.time, "time", lambda: float(next(clock)))
+    components = shapes_training.build_shapes_components(seed=0)
+    components["unet"] = _Recorder()
+    latents, specs = _pool()
+    lrs, original_step = [], torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    log = {}
+    shapes_training.train_unet(components, latents, specs, tmp_path, steps=1, minutes=None, seed=0, log=log,
+                               batch_size=2)
+    shapes_training.train_unet(components, latents, specs, tmp_path, steps=1, minutes=None, seed=0, log=log,
+                               batch_size=2, restart_minutes=1.0)
+    (restart,) = log["unet_restarts"]
+    assert restart["from_step"] == 1 and restart["to_step"] == log["unet_steps"] > 150  # ``steps`` is ignored
+    assert restart["batch_size"] == 2 and restart["device"] == "cpu" and restart["minutes"] == 1.0
+    assert torch.load(tmp_path / "unet.pt", weights_only=False)["step"] == restart["to_step"]
+    sitting = np.array(lrs[1:])
+    peak = int(sitting.argmax())
+    assert sitting[0] == pytest.approx(3e-6, rel=0.01) and 0 < peak < 100  # a 100-step warm-up from 1 %
+    assert np.all(np.diff(sitting[: peak + 1]) > 0) and np.all(np.diff(sitting[peak:]) < 0)  # under the cosine
+    assert 3e-5 <= sitting[-1] < 3.5e-5  # annealed to the floor when the minute is up
+    json.dumps(log)
+
+
+def test_pool_encoding_in_batches_matches_one_clip_at_a_time(tmp_path):
+    vae = shapes_training.build_shapes_components(seed=0)["vae"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "batched").mkdir()
+    one, specs_one = shapes_training.encode_pool(vae, tmp_path / "one", clips=5, seed=3)
+    batched, specs_batched = shapes_training.encode_pool(vae, tmp_path / "batched", clips=5, seed=3,
+                                                         clips_per_batch=2)
+    assert one.shape == batched.shape == (5, 4, 8, 16, 16) and specs_one == specs_batched
+    torch.testing.assert_close(batched, one, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(one[0], one[1])
