@@ -367,14 +367,20 @@ def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], count: in
 
 
 def paired_difference(records: list[dict[str, Any]], method: str, baseline: str, metric: str) -> tuple[float, float, int]:
-    """``(mean, standard error, n)`` of ``method − baseline`` over the videos both made (same pair and
-    seed): pairing removes the spread between clips, which is far larger than the methods' differences."""
+    """``(mean, standard error, n pairs)`` of ``method − baseline`` over the videos both made (same pair and
+    seed): pairing removes the spread between clips, which is far larger than the methods' differences.
+
+    Seeds are averaged within a pair first, and the error is taken over pairs: the seeds of one clip are
+    not independent samples (with the whole inversion as initial latent and no restart sampling, the
+    sampler is deterministic and every seed gives the same video), so counting them apart would shrink
+    the error by up to √seeds."""
     base = {(r["pair"], r["seed"]): r[metric] for r in records if r["method"] == baseline}
-    diffs = np.array(
-        [r[metric] - base[(r["pair"], r["seed"])] for r in records if r["method"] == method and (r["pair"], r["seed"]) in base],
-        dtype=float,
-    )
-    diffs = diffs[np.isfinite(diffs)]
+    by_pair: dict[Any, list[float]] = {}
+    for r in records:
+        key = (r["pair"], r["seed"])
+        if r["method"] == method and key in base and np.isfinite(r[metric] - base[key]):
+            by_pair.setdefault(r["pair"], []).append(r[metric] - base[key])
+    diffs = np.array([np.mean(values) for values in by_pair.values()], dtype=float)
     if len(diffs) == 0:
         return math.nan, math.nan, 0
     error = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
@@ -395,7 +401,7 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[floa
 
 
 def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> str:
-    """:func:`comparisons` as markdown bullets: mean ± standard error over n paired videos."""
+    """:func:`comparisons` as markdown bullets: mean ± standard error over n paired clips."""
     def show(mean: float, error: float) -> str:
         return "—" if math.isnan(mean) else f"{mean:+.3f} ± {error:.3f}"
 
@@ -403,7 +409,7 @@ def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> s
     for name, row in table.items():
         (fm, fe, n), (mm, me, _) = row["motion_fidelity"], row["motion_match"]
         lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)} "
-                     f"(paired mean ± standard error, {n} videos)")
+                     f"(paired mean ± standard error over {n} clips, seeds averaged within a clip)")
     return "\n".join(lines)
 
 

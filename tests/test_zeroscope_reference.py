@@ -1,5 +1,7 @@
 """The backbone seam changes nothing for the Zeroscope family: a guided run on ``tiny-random`` with a
-fixed seed gives exactly the frames (and losses) it gave before the seam existed.
+fixed seed gives the frames (and losses) it gave before the seam existed — bit for bit on the machine that
+wrote the reference; within float-rounding tolerance elsewhere (another CPU's vector units round sums
+differently, ~1e-7; a changed computation moves these numbers by orders of magnitude more).
 
 ``tests/data/zeroscope_reference.npz`` was written by this file's ``__main__`` with the code of main
 before the refactor (``python tests/test_zeroscope_reference.py``); do not regenerate it to make the test
@@ -55,7 +57,7 @@ def test_zeroscope_family_results_are_unchanged_by_the_seam(monkeypatch, tmp_pat
         torch.set_num_threads(threads)
     assert set(actual) == set(expected.files)
     for key in expected.files:
-        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 if __name__ == "__main__":
