@@ -378,8 +378,10 @@ def paired_difference(records: list[dict[str, Any]], method: str, baseline: str,
     by_pair: dict[Any, list[float]] = {}
     for r in records:
         key = (r["pair"], r["seed"])
-        if r["method"] == method and key in base and np.isfinite(r[metric] - base[key]):
-            by_pair.setdefault(r["pair"], []).append(r[metric] - base[key])
+        if r["method"] == method and key in base:
+            difference = r[metric] - base[key]
+            if np.isfinite(difference):
+                by_pair.setdefault(r["pair"], []).append(difference)
     diffs = np.array([np.mean(values) for values in by_pair.values()], dtype=float)
     if len(diffs) == 0:
         return math.nan, math.nan, 0

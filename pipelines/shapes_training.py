@@ -2,7 +2,7 @@
 
     python -m pipelines.shapes_training                      # writes pipelines/shapes_model/
     python -m pipelines.shapes_training --unet-minutes 60    # train the UNet for a wall-clock budget
-    python -m pipelines.shapes_training --device cuda --batch-size 48 --restart-minutes 7   # a GPU sitting
+    python -m pipelines.shapes_training --device cuda --batch-size 64 --restart-minutes 6.5   # a GPU sitting
 
 Three stages, each checkpointed in ``--workdir`` so that a stopped run resumes where it was:
 

@@ -21,12 +21,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/stub && printf 'def read_frames(*a, **k):\n    raise RuntimeError("no ffmpeg on this machine")\n' > /tmp/stub/imageio_ffmpeg.py
 export PYTHONPATH=/tmp/site:$PWD:/tmp/stub PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.used --format=csv
-filter() { grep -v -E "Warn|kept in float32|cannot run|shards"; }
+# sitting WORKDIR MINUTES OUTPUT [more flags]: a warm restart with the shipped recipe, library chatter filtered out
+sitting() {
+  python3 -m pipelines.shapes_training --device cuda --workdir "$1" --restart-minutes "$2" --output "$3" "${@:4}" \
+    --unet-steps 7000 --offset-noise 0.15 --batch-size "$BATCH" 2>&1 | grep -v -E "Warn|kept in float32|cannot run|shards"
+}
 rm -rf /tmp/smoke && mkdir /tmp/smoke && cp .devwork/{vae.pt,unet.pt,log.json} /tmp/smoke/
-python3 -m pipelines.shapes_training --device cuda --workdir /tmp/smoke --clips 256 --unet-steps 7000 --offset-noise 0.15 \
-  --batch-size "$BATCH" --restart-minutes 0.15 --output /tmp/smoke/model 2>&1 | filter | tail -4 | tee "$OUT/smoke.log" || exit 2
+sitting /tmp/smoke 0.15 /tmp/smoke/model --clips 256 | tail -4 | tee "$OUT/smoke.log" || exit 2
 grep -q "saved the shapes model" "$OUT/smoke.log" || exit 3
-python3 -m pipelines.shapes_training --device cuda --workdir .devwork --unet-steps 7000 --offset-noise 0.15 \
-  --batch-size "$BATCH" --restart-minutes "$MINUTES" --output /tmp/model 2>&1 | filter > "$OUT/train.log"
+sitting .devwork "$MINUTES" /tmp/model > "$OUT/train.log"
 tail -3 "$OUT/train.log"
 cd /tmp && tar czf "$OUT/model.tgz" model && ls -la "$OUT"

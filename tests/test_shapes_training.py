@@ -142,18 +142,6 @@ def test_vae_loss_weights_the_outer_ring_and_objects(tmp_path, monkeypatch):
     assert losses[4.0] > 1.5 * losses[0.0] > 0
 
 
-class _Recorder(torch.nn.Module):
-    """Stands in for the UNet: records its noisy inputs, predicts zeros, keeps one trainable scalar."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale, self.inputs = torch.nn.Parameter(torch.ones(())), []
-
-    def forward(self, noisy, t, encoder_hidden_states):
-        self.inputs.append(noisy.detach())
-        return type("Output", (), {"sample": torch.zeros_like(noisy) * self.scale})()
-
-
 def test_offset_noise_is_one_constant_per_clip_and_channel(tmp_path, monkeypatch):
     """With a clean pool of zeros, x_t = √(1−ᾱ) (ε + offset): a large offset shows as per-(clip, channel)
     means far from 0, while what is left around those means is unit Gaussian noise."""
@@ -164,11 +152,12 @@ def test_offset_noise_is_one_constant_per_clip_and_channel(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "randint", lambda *a, **k: seen_t.append(real_randint(*a, **k)) or seen_t[-1])
     means = {}
     for offset in (0.0, 10.0):
-        components["unet"] = recorder = _Recorder()
+        inputs = []
+        components["unet"] = _Oracle(lambda noisy: inputs.append(noisy.detach()) or torch.zeros_like(noisy))
         (tmp_path / str(offset)).mkdir()
         shapes_training.train_unet(components, latents, specs, tmp_path / str(offset), steps=1, minutes=None,
                                    seed=0, log={}, batch_size=8, offset_noise=offset)
-        noise = recorder.inputs[0] / (1 - alphas[seen_t[-1]]).sqrt().view(-1, 1, 1, 1, 1)
+        noise = inputs[0] / (1 - alphas[seen_t[-1]]).sqrt().view(-1, 1, 1, 1, 1)
         means[offset] = noise.mean(dim=(2, 3, 4))
         residual = noise - means[offset][..., None, None, None]
         assert abs(float(residual.std()) - 1) < 0.02
@@ -182,7 +171,7 @@ def test_a_warm_restart_runs_by_the_clock_and_anneals(tmp_path, monkeypatch):
     clock = iter(np.arange(0, 10_000, 0.1))
     monkeypatch.setattr(shapes_training.time, "time", lambda: float(next(clock)))
     components = shapes_training.build_shapes_components(seed=0)
-    components["unet"] = _Recorder()
+    components["unet"] = _Oracle(torch.zeros_like)
     latents, specs = _pool()
     lrs, original_step = [], torch.optim.AdamW.step
 
