@@ -90,14 +90,17 @@ def _record_path(output: Path) -> Path:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output video (.mp4 or .gif). [default: INPUT.sma.mp4]")
 @click.option("--source-prompt", help='Prompt describing the input (inversion and reference features). [default: ""]')
 @click.option("--negative-prompt", help="Negative prompt for classifier-free guidance. [default: DMT's]")
-@click.option("--model", help="Hub id, local diffusers folder, tiny-random or tiny-random-animatediff. [default: cerspense/zeroscope_v2_576w]")
+@click.option("--model", help="Hub id (Zeroscope, AnimateDiff, Wan 2.1), local diffusers folder, shapes, tiny-random, "
+                   "tiny-random-animatediff or tiny-random-wan. [default: cerspense/zeroscope_v2_576w]")
 @click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
-@click.option("--frames", type=int, help="Frames resampled from the input. [default: 24; AnimateDiff: 16]")
-@click.option("--height", type=int, help="Output height, a multiple of 8. [default: 320; AnimateDiff: 512]")
-@click.option("--width", type=int, help="Output width, a multiple of 8. [default: 576; AnimateDiff: 512]")
-@click.option("--steps", type=int, help="DDIM sampling steps. [default: 50]")
-@click.option("--inversion-steps", type=int, help="DDIM inversion steps. [default: 999]")
-@click.option("--guidance-scale", type=float, help="Classifier-free guidance scale. [default: 10]")
+@click.option("--frames", type=int, help="Frames resampled from the input. [default: 24; AnimateDiff: 16; Wan: 81, always 4k + 1]")
+@click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
+@click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
+@click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")
+@click.option("--inversion-steps", type=int, help="Inversion steps. [default: 999; Wan: 50, a multiple of --steps]")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance scale. [default: 10; AnimateDiff 7.5; Wan 5]")
+@click.option("--feature-layers", help="Recorded layers, comma-separated submodule names of the UNet / transformer. "
+                                       "[default: the family's: DMT's decoder block 1; Wan: blocks.15]")
 @click.option("--guidance-fraction", type=float, help="Share of the first steps with latent optimization. [default: 0.4]")
 @click.option("--optimization-steps", type=int, help="Adam steps on the latent per guided step. [default: 10]")
 @click.option("--lambda-global", type=float, help="Weight of the global (Haar wavelet) motion term. [default: 0.4]")
@@ -232,6 +235,8 @@ def build_config(config_file: Path | None, flags: dict[str, Any], family: str | 
     for name in ("cache_dir", "adapter"):
         if name in fields:
             fields[name] = str(fields[name])
+    if isinstance(fields.get("feature_layers"), str):
+        fields["feature_layers"] = tuple(name.strip() for name in fields["feature_layers"].split(",") if name.strip())
     model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
     file_values.pop("model", None)
     if family is None:
@@ -357,7 +362,7 @@ def bench_quality(
     pairs = benchmark_pairs(pair_set, per_motion, config.num_frames)
     progress = ProgressLog(
         json_path.with_name(json_path.name + ".progress.jsonl"),
-        {"model": model, "weights": model_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder), "per_motion": per_motion,
+        {"model": model, "weights": model_fingerprint(pipe.denoiser, pipe.vae, pipe.text_encoder), "per_motion": per_motion,
          "pairs": pair_set, "config": config.to_dict()},
     )
     wanted = {(m, p.index, s) for m in chosen for p in pairs for s in range(seeds)}
@@ -495,7 +500,8 @@ def _size_options(command: Any) -> Any:
 @bench.command("speed")
 @click.option("--model", default="tiny-random", show_default=True,
               help="tiny-random, shapes, zeroscope-arch (Zeroscope's architecture, random weights), tiny-random-animatediff, "
-                   "animatediff-arch (SD 1.5 + AnimateDiff v3, random weights), a folder or a Hub id.")
+                   "animatediff-arch (SD 1.5 + AnimateDiff v3, random weights), tiny-random-wan, wan2.1-1.3b-arch (Wan 2.1 "
+                   "T2V 1.3B, random weights), a folder or a Hub id.")
 @click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @_size_options
 @click.option("--steps", type=int, help="DDIM sampling steps of the whole run. [default: the model's preset]")
@@ -551,8 +557,8 @@ def bench_speed(
 
 @bench.command("memory")
 @click.option("--model", default="zeroscope-arch", show_default=True,
-              help="zeroscope-arch, animatediff-arch, tiny-random, tiny-random-animatediff, shapes, a diffusers folder or a "
-                   "cached Hub id (only configs are read).")
+              help="zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch, tiny-random, tiny-random-animatediff, tiny-random-wan, "
+                   "shapes, a diffusers folder or a cached Hub id (only configs are read).")
 @click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @_size_options
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)

@@ -8,6 +8,10 @@ latent), one denoising step, one VAE encode and decode call — runs through the
 while :class:`~sma_guidance.memory.TensorMemory` counts the bytes of the tensors it creates. A run's
 estimated peak is the weights plus the largest stage.
 
+Families whose text encoder is moved off the GPU between prompt encodings (Wan's UMT5-XXL) count it
+only in the prompt-encoding stage: a run's peak is the larger of (all weights + prompt encoding) and
+(the weights kept during the loop + its largest stage).
+
 What it leaves out: the CUDA context (~0.3–0.5 GiB), the caching allocator's rounding and
 fragmentation, cuDNN / cuBLAS workspaces, and the latents kept between steps (a few MiB). Attention
 kernels are those PyTorch picks for CPU tensors of this dtype (fused, memory-efficient ones for
@@ -23,15 +27,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from torch._subclasses.fake_tensor import FakeTensorMode
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel
 
 from sma_guidance.config import CHECKPOINTING, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import TensorMemory
 
 from .backbones import BACKBONES, BUILTIN_MODELS, backbone_of
+from .backbones.wan import (
+    UMT5_XXL_CONFIG,
+    WAN_ARCH,
+    WAN_TRANSFORMER_CONFIG,
+    WAN_VAE_CONFIG,
+    build_tiny_t5_tokenizer,
+    flow_scheduler,
+)
 from .backbones.animatediff import (
     ANIMATEDIFF_ARCH,
     MOTION_ADAPTER_CONFIG,
@@ -50,6 +62,7 @@ from .components import (
     ZEROSCOPE_VAE_CONFIG,
     build_tiny_tokenizer,
 )
+from .samplers import sampler_for
 from .sma_pipeline import SMAMotionTransferPipeline
 
 _GIB = 2**30
@@ -65,12 +78,27 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
     if model == ANIMATEDIFF_ARCH:
         return {"family": "animatediff", "unet": motion_unet_config(SD15_UNET_CONFIG, MOTION_ADAPTER_CONFIG),
                 "vae": dict(SD15_VAE_CONFIG), "text_encoder": CLIPTextConfig(**SD15_TEXT_CONFIG)}
+    if model == WAN_ARCH:
+        return {"family": "wan", "unet": dict(WAN_TRANSFORMER_CONFIG), "vae": dict(WAN_VAE_CONFIG),
+                "text_encoder": UMT5Config(**UMT5_XXL_CONFIG)}
     if model in BUILTIN_MODELS:
         parts = BACKBONES[BUILTIN_MODELS[model]].builtin[model]()
-        return {"family": backbone_of(parts["unet"]).name, "unet": dict(parts["unet"].config),
+        denoiser = parts.get("unet") or parts["transformer"]
+        return {"family": backbone_of(denoiser).name, "unet": dict(denoiser.config),
                 "vae": dict(parts["vae"].config), "text_encoder": parts["text_encoder"].config}
     source = str(BUNDLED_MODELS.get(model, model))
     try:
+        from pathlib import Path
+
+        local = Path(source).expanduser()
+        wan = (local / "transformer").is_dir() if local.is_dir() else _has_transformer(source)
+        if wan:  # a Wan folder (WanPipeline layout): configs of the transformer, its VAE and UMT5
+            return {
+                "family": "wan",
+                "unet": dict(UNet2DConditionModel.load_config(source, subfolder="transformer")),
+                "vae": dict(AutoencoderKLWan.load_config(source, subfolder="vae")),
+                "text_encoder": UMT5Config.from_pretrained(source, subfolder="text_encoder"),
+            }
         unet = dict(UNet2DConditionModel.load_config(source, subfolder="unet"))  # any UNet's config.json
         configs = {
             "unet": unet,
@@ -82,7 +110,7 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"cannot read the unet/vae/text_encoder configs of {model!r} ({detail}); pass tiny-random, shapes, "
-            f"zeroscope-arch, animatediff-arch, a diffusers folder, or a Hub id in the local cache"
+            f"zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch, a diffusers folder, or a Hub id in the local cache"
         ) from None
     found = unet.get("_class_name")
     if found == UNet2DConditionModel.__name__ and adapter is not None:
@@ -95,6 +123,16 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
     raise UserError(f"unknown model family: {model}'s unet is a {found}; supported: {supported}")
 
 
+def _has_transformer(model_id: str) -> bool:
+    """Whether a Hub id's cached ``model_index.json`` names a ``transformer`` component (a DiT)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return bool((DiffusionPipeline.load_config(model_id) or {}).get("transformer"))
+    except Exception:  # noqa: BLE001 — the UNet path then reports what is missing
+        return False
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
@@ -105,16 +143,22 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, scheduler: DDIMScheduler) -> SMAMotionTransferPipeline:
+def _fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, scheduler: Any) -> SMAMotionTransferPipeline:
     """The pipeline with shape-only components in ``dtype`` (call inside ``FakeTensorMode``); the
-    scheduler is made outside it, so that its timesteps are real numbers."""
+    scheduler is made outside it, so that its timesteps are real numbers. Wan's VAE stays in float32,
+    as its loader keeps it."""
+    backbone = BACKBONES[configs["family"]]
     with _default_dtype(dtype):
-        unet = BACKBONES[configs["family"]].unet_type.from_config(configs["unet"]).eval()
-        vae = AutoencoderKL.from_config(configs["vae"]).eval()
-        text_encoder = CLIPTextModel(configs["text_encoder"]).eval()
+        denoiser = backbone.unet_type.from_config(configs["unet"]).eval()
+        if configs["family"] == "wan":
+            text_encoder, tokenizer = UMT5EncoderModel(configs["text_encoder"]).eval(), build_tiny_t5_tokenizer()
+        else:
+            text_encoder, tokenizer = CLIPTextModel(configs["text_encoder"]).eval(), build_tiny_tokenizer()
+    with _default_dtype(torch.float32 if configs["family"] == "wan" else dtype):
+        vae = (AutoencoderKLWan if configs["family"] == "wan" else AutoencoderKL).from_config(configs["vae"]).eval()
     return SMAMotionTransferPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=build_tiny_tokenizer(), unet=unet,
-        scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        **{backbone.denoiser_component: denoiser},
     )
 
 
@@ -122,21 +166,22 @@ def _bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> dict[str, int]:
+def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int | float) -> dict[str, int]:
     """Bytes of tensors created by each stage at ``config``'s size and options (weights and the
-    stage's inputs excluded), the UNet at timestep ``t``. Works on real components as on fake ones;
-    the scheduler's timesteps must be set (``pipe.scheduler.set_timesteps``) before."""
-    unet, vae = pipe.unet, pipe.vae
-    dtype = unet.dtype
-    shape = (1, unet.config.in_channels, config.num_frames,
-             config.height // pipe.vae_scale_factor, config.width // pipe.vae_scale_factor)
-    text_shape = (1, pipe.text_encoder.config.max_position_embeddings, unet.config.cross_attention_dim)
-    weights = [*unet.parameters(), *unet.buffers(), *vae.parameters(), *vae.buffers()]
-    # Content does not change the cost, so zeros stand in for the clip, the latents and the prompt.
+    stage's inputs excluded), the denoiser at timestep ``t``. Works on real components as on fake ones;
+    the sampler's timesteps must be set (``pipe.sampling_timesteps``) before."""
+    denoiser, vae = pipe.denoiser, pipe.vae
+    shape = pipe.backbone.latent_shape(pipe, config)
+    weights = [*denoiser.parameters(), *denoiser.buffers(), *vae.parameters(), *vae.buffers(),
+               *pipe.text_encoder.parameters(), *pipe.text_encoder.buffers()]
+    # Content does not change the cost, so zeros stand in for the clip and the latents.
     latents = torch.zeros(shape)
-    embedding = torch.zeros(text_shape, dtype=dtype)
     recorder = pipe.feature_recorder(config)
     results: dict[str, int] = {}
+    counter = TensorMemory().exclude(weights)
+    with counter:
+        embedding = pipe.encode_prompt("a benchmark prompt")
+    results["prompt encoding"] = counter.peak
     with pipe.speed_options(config):
         with recorder, torch.no_grad():
             reference = recorder.run(pipe._unet_call, latents, t, embedding)
@@ -154,14 +199,16 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int) -> 
             pipe.denoise_step(latents, t, embeddings, config.guidance_scale)
         results["denoising step"] = counter.peak
 
-        count = min(config.vae_batch_size, config.num_frames)
+        # a per-frame VAE sees vae_batch_size frames per call; Wan's causal VAE takes the whole clip
+        per_frame = pipe.backbone.per_frame_vae
+        count = min(config.vae_batch_size, config.num_frames) if per_frame else config.num_frames
         frames = torch.zeros(count, 3, config.height, config.width)
         counter = TensorMemory().exclude([*weights, frames])
         with counter:
             pipe.encode_video(frames, config.vae_batch_size)
         results["VAE encode"] = counter.peak
 
-        few = latents[:, :, :count]
+        few = latents[:, :, :count] if per_frame else latents
         counter = TensorMemory().exclude([*weights, latents])
         with counter:
             pipe.decode_latents(few, config.vae_batch_size)
@@ -177,16 +224,23 @@ def estimate_memory(
     choice in ``checkpointing``: the weights, each stage and a run's peak. ``configs``: those of
     :func:`component_configs` when already read. Returns a JSON-ready record."""
     configs = configs or component_configs(model, config.motion_adapter)
-    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
-    scheduler.set_timesteps(config.num_inference_steps)
-    t = int(scheduler.timesteps[0])
+    backbone = BACKBONES[configs["family"]]
+    scheduler = flow_scheduler() if configs["family"] == "wan" else DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+    sampler = sampler_for(scheduler)
+    t = sampler.timesteps(config.num_inference_steps)[0]  # real numbers: set before the fake mode
     with FakeTensorMode(allow_non_fake_inputs=True):
         pipe = _fake_pipeline(configs, dtype, scheduler)
-        weights = {name: _bytes(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
+        pipe._sampler = sampler
+        backbone.check(pipe, config)
+        weights = {name: _bytes(getattr(pipe, name)) for name in (backbone.denoiser_component, "vae", "text_encoder")}
+        # weights on the GPU during the loop: without a text encoder that is moved off after encoding
+        loop_weights = sum(weights.values()) - (weights["text_encoder"] if backbone.offloads_text_encoder else 0)
         columns = {}
         for choice in checkpointing:
             stages = stage_memory(pipe, config.replace(activation_checkpointing=choice), t)
-            columns[choice] = {"stages": stages, "peak_bytes": sum(weights.values()) + max(stages.values())}
+            loop = max(value for stage, value in stages.items() if stage != "prompt encoding")
+            peak = max(sum(weights.values()) + stages["prompt encoding"], loop_weights + loop)
+            columns[choice] = {"stages": stages, "peak_bytes": peak}
     return {
         "model": model,
         "family": configs["family"],
@@ -199,6 +253,8 @@ def estimate_memory(
         "feature_layers": list(config.feature_layers),
         "method": "tensor bytes counted on fake (shape-only) tensors; no CUDA context, allocator overhead or workspaces",
         "weights_bytes": weights,
+        "text_encoder_offloaded": backbone.offloads_text_encoder,
+        "loop_weights_bytes": loop_weights,
         "checkpointing": columns,
     }
 
@@ -216,10 +272,14 @@ def memory_table(record: dict[str, Any]) -> str:
              "|---|" + "---:|" * len(choices)]
     parts = ", ".join(f"{name} {value / _GIB:.2f}" for name, value in weights.items())
     lines.append(f"| weights ({parts}) | " + " | ".join(f"{sum(weights.values()) / _GIB:.2f}" for _ in choices) + " |")
+    if record.get("text_encoder_offloaded"):
+        loop = record["loop_weights_bytes"] / _GIB
+        lines.append("| weights during the loop (text encoder moved off after encoding) | "
+                     + " | ".join(f"{loop:.2f}" for _ in choices) + " |")
     for stage in record["checkpointing"][choices[0]]["stages"]:
         values = [record["checkpointing"][c]["stages"][stage] / _GIB for c in choices]
         lines.append(f"| {stage} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    lines.append("| **run peak** (weights + largest stage) | "
+    lines.append("| **run peak** (weights on the GPU + largest stage) | "
                  + " | ".join(f"**{record['checkpointing'][c]['peak_bytes'] / _GIB:.2f}**" for c in choices) + " |")
     return "\n".join(lines)
 

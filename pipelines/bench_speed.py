@@ -94,8 +94,7 @@ class _Stages:
         self.pipe, self.config = pipe, config
         self.clip = _clip(config)
         self.frames, _ = pipe.prepare_video(self.clip, config)
-        pipe.scheduler.set_timesteps(config.num_inference_steps, device=pipe.device)
-        self.timesteps = [int(t) for t in pipe.scheduler.timesteps]
+        self.timesteps = pipe.sampling_timesteps(config.num_inference_steps)
         self.t = self.timesteps[0]
         self.negative, self.target, self.source = (
             pipe.encode_prompt(text) for text in (config.negative_prompt, "a benchmark", config.source_prompt)
@@ -201,7 +200,7 @@ def run_speed_benchmark(
         record: dict[str, Any] = {
             "model": pipe.model_name,
             "device": device_description(device),
-            "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "dtype": str(pipe.denoiser.dtype).replace("torch.", ""),
             "torch_threads": torch.get_num_threads(),
             "frames": config.num_frames,
             "height": config.height,
@@ -229,10 +228,8 @@ def run_speed_benchmark(
         return record
 
 
-def _inversion_steps_run(pipe: SMAMotionTransferPipeline, config: SMAConfig, t_max: int) -> int:
-    from .inversion import inversion_timesteps
-
-    return sum(1 for t in inversion_timesteps(dict(pipe.scheduler.config), config.inversion_steps).tolist() if t <= t_max)
+def _inversion_steps_run(pipe: SMAMotionTransferPipeline, config: SMAConfig, t_max: float) -> int:
+    return pipe.sampler.inversion_steps_run(config.inversion_steps, t_max)
 
 
 def measure_interleaved(
@@ -284,8 +281,7 @@ def inversion_reconstruction(
     classifier-free guidance) back to t = 0 and compare, in PSNR, with the VAE's own reconstruction
     (the inversion's error alone) and with the input. Also the inversion's seconds."""
     frames, _ = pipe.prepare_video(clip, config)
-    pipe.scheduler.set_timesteps(config.num_inference_steps, device=pipe.device)
-    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    timesteps = pipe.sampling_timesteps(config.num_inference_steps)
     source = pipe.encode_prompt(source_prompt)
     start = time.perf_counter()
     inverted, _ = pipe.invert(frames, source, config.replace(inversion_cache=False), [timesteps[0]])

@@ -129,7 +129,7 @@ class InversionCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
-    def load(self, key: str, device: torch.device | str) -> dict[int, torch.Tensor] | None:
+    def load(self, key: str, device: torch.device | str) -> dict[int | float, torch.Tensor] | None:
         path = self.path(key)
         if not path.is_file():
             return None
@@ -138,10 +138,11 @@ class InversionCache:
         except Exception:
             # A truncated or foreign file is a cache miss, not an error: it is rewritten.
             return None
-        return {int(name[1:]): tensor for name, tensor in tensors.items()}
+        return {_timestep(name[1:]): tensor for name, tensor in tensors.items()}
 
-    def save(self, key: str, latents: dict[int, torch.Tensor]) -> Path | None:
-        """Write atomically; a cache that cannot be written is skipped (the run itself goes on)."""
+    def save(self, key: str, latents: dict[int | float, torch.Tensor]) -> Path | None:
+        """Write atomically; a cache that cannot be written is skipped (the run itself goes on). Float
+        timesteps (flow matching) are written with ``repr``, which reads back to the same float."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.path(key)) as tmp:
@@ -149,6 +150,11 @@ class InversionCache:
             return self.path(key)
         except OSError:
             return None
+
+
+def _timestep(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 __all__ = [

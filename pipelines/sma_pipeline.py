@@ -24,11 +24,19 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel, UNetMotionModel
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLWan,
+    DDIMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    UNet3DConditionModel,
+    UNetMotionModel,
+    WanTransformer3DModel,
+)
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import initial_latent, sma_objective_terms
@@ -40,7 +48,8 @@ from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
 from .backbones import Backbone, backbone_of
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
 from .finetune import MotionAdapter, applied_adapter, train_motion_adapter
-from .inversion import InversionCache, ddim_invert, inversion_cache_key, model_fingerprint, public_config
+from .inversion import InversionCache, inversion_cache_key, model_fingerprint, public_config
+from .samplers import DDIMSampler, FlowMatchSampler, sampler_for
 
 VideoInput = Any  # a path (video file or image folder), a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W) in [-1, 1]
 
@@ -75,28 +84,34 @@ class SMAPipelineOutput(BaseOutput):
 class SMAMotionTransferPipeline(DiffusionPipeline):
     """Transfer the motion of a video to new content described by a prompt, with no training.
 
-    Components are those of a text-to-video diffusion model — an ``AutoencoderKL``, a CLIP text encoder
-    and tokenizer, a ``DDIMScheduler`` — and its UNet, whose class says the model's family
-    (:mod:`pipelines.backbones`): a ``UNet3DConditionModel`` (Zeroscope, ``cerspense/zeroscope_v2_576w``)
-    or a ``UNetMotionModel`` (AnimateDiff: SD 1.5 + a motion adapter). What differs between families
-    goes through :attr:`backbone`; the rest is written once.
+    Components are those of a text-to-video diffusion model — a VAE, a text encoder and tokenizer, a
+    scheduler — and its denoiser, whose class says the model's family (:mod:`pipelines.backbones`): a
+    ``unet`` that is a ``UNet3DConditionModel`` (Zeroscope, ``cerspense/zeroscope_v2_576w``) or a
+    ``UNetMotionModel`` (AnimateDiff: SD 1.5 + a motion adapter), or a ``transformer`` that is a
+    ``WanTransformer3DModel`` (Wan 2.1, flow matching). What differs between families goes through
+    :attr:`backbone` and the sampler through :attr:`sampler`; the rest is written once.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
+    model_cpu_offload_seq = "text_encoder->unet->transformer->vae"
+    _optional_components = ["unet", "transformer"]
 
     def __init__(
         self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
+        vae: AutoencoderKL | AutoencoderKLWan,
+        text_encoder: CLIPTextModel | UMT5EncoderModel,
         tokenizer: CLIPTokenizer,
-        unet: UNet3DConditionModel | UNetMotionModel,
-        scheduler: DDIMScheduler,
+        scheduler: DDIMScheduler | FlowMatchEulerDiscreteScheduler,
+        unet: UNet3DConditionModel | UNetMotionModel | None = None,
+        transformer: WanTransformer3DModel | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(scheduler, DDIMScheduler):
-            scheduler = DDIMScheduler.from_config(scheduler.config)
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if (unet is None) == (transformer is None):
+            raise ValueError("pass exactly one denoiser: a unet (Zeroscope, AnimateDiff) or a transformer (Wan)")
+        scheduler = backbone_of(unet if unet is not None else transformer).sampling_scheduler(scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              transformer=transformer)
+        self.vae_scale_factor = int(getattr(self.vae.config, "scale_factor_spatial", None)
+                                    or 2 ** (len(self.vae.config.block_out_channels) - 1))
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -109,7 +124,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         pipe = load_pipeline(cls, model, torch_dtype=torch_dtype, motion_adapter=motion_adapter)
-        return pipe.to(torch_device)
+        pipe.to(torch_device)
+        if pipe.backbone.offloads_text_encoder and torch_device.type != "cpu":
+            pipe.text_encoder.to("cpu")  # on the GPU only while it encodes (Wan's UMT5-XXL: 10.6 GiB)
+        return pipe
 
     @property
     def model_name(self) -> str:
@@ -121,19 +139,37 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return getattr(self.config, "_motion_adapter", None) or None
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The noise (or velocity) predictor: the ``unet``, or Wan's ``transformer``."""
+        return self.unet if getattr(self, "unet", None) is not None else self.transformer
+
+    @property
     def backbone(self) -> Backbone:
-        """This model's family (:mod:`pipelines.backbones`), from its UNet's class."""
-        return backbone_of(self.unet)
+        """This model's family (:mod:`pipelines.backbones`), from its denoiser's class."""
+        return backbone_of(self.denoiser)
+
+    @property
+    def sampler(self) -> DDIMSampler | FlowMatchSampler:
+        """The deterministic sampler of :attr:`scheduler` (DDIM, or flow-matching Euler), and its inversion."""
+        cached = getattr(self, "_sampler", None)
+        if cached is None or cached.scheduler is not self.scheduler:
+            cached = self._sampler = sampler_for(self.scheduler)
+        return cached
+
+    def sampling_timesteps(self, num_inference_steps: int) -> list:
+        """The sampling timesteps, noisiest first (ints for DDIM, floats σ·T for flow matching)."""
+        return self.sampler.timesteps(num_inference_steps)
 
     def default_config(self) -> SMAConfig:
         """The defaults for this pipeline's model (its family's and its own preset applied)."""
         return SMAConfig.for_model(self.model_name, family=self.backbone.name, motion_adapter=self.motion_adapter_name)
 
     def feature_recorder(self, config: SMAConfig, stop_after_last: bool = True) -> FeatureRecorder:
-        """Hooks on ``config.feature_layers`` of the UNet, their outputs as ``(B, F, C, H, W)``."""
+        """Hooks on ``config.feature_layers`` of the denoiser, their outputs as ``(B, F, C, H, W)`` (``F``:
+        latent frames for a model whose VAE packs frames in time)."""
         return FeatureRecorder(
-            self.unet, config.feature_layers, config.num_frames, stop_after_last=stop_after_last,
-            to_frames=self.backbone.features_to_frames,
+            self.denoiser, config.feature_layers, self.backbone.feature_frames(self, config),
+            stop_after_last=stop_after_last, to_frames=self.backbone.feature_reshaper(self, config),
         )
 
     # ------------------------------------------------------------------------------ helpers
@@ -144,15 +180,28 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text embedding ``(1, L, D)`` of ``prompt``."""
-        tokens = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+        """Text embedding ``(1, L, D)`` of ``prompt`` (as the model's family encodes it)."""
+        with self.text_encoder_on_device():
+            return self.backbone.encode_prompt(self, prompt)
+
+    @contextlib.contextmanager
+    def text_encoder_on_device(self) -> Iterator[None]:
+        """The text encoder on the pipeline's device inside the block (blocks may nest: it moves once).
+        For a family with a large encoder (Wan's UMT5-XXL) on a GPU it goes back to the CPU afterwards,
+        so the guided loop does not hold it."""
+        device = self.device
+        moves = self.backbone.offloads_text_encoder and device.type != "cpu" and not getattr(self, "_encoding", False)
+        if moves:
+            self.text_encoder.to(device)
+            self._encoding = True
+        try:
+            yield
+        finally:
+            if moves:
+                self._encoding = False
+                self.text_encoder.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     def prepare_video(self, video: VideoInput, config: SMAConfig) -> tuple[torch.Tensor, float]:
         """Frames ``(F, 3, H, W)`` in [-1, 1] at the configured size and count, and the fps that keeps
@@ -179,21 +228,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
-        """VAE latents ``(1, C, F, h, w)`` (scaled) of frames ``(F, 3, H, W)``, ``batch_size`` frames
-        per VAE call; the posterior mean is used so that the latent, and the inversion cached from it,
-        are deterministic."""
-        frames = frames.to(self.device, self.vae.dtype)
-        latents = torch.cat([self.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(batch_size)])
-        latents = latents * self.vae.config.scaling_factor
-        return self.backbone.frame_batch_to_latents(latents).float()
+        """VAE latents ``(1, C, F', h, w)`` (scaled or normalized as the family's VAE wants) of frames
+        ``(F, 3, H, W)``, ``batch_size`` frames per call of a per-frame VAE; the posterior mean, so that
+        the latent, and the inversion cached from it, are deterministic."""
+        return self.backbone.encode_video(self, frames, batch_size)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
-        """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F, h, w)``, ``batch_size`` frames
-        per VAE call."""
-        frames = self.backbone.latents_to_frame_batch(latents) / self.vae.config.scaling_factor
-        images = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample for chunk in frames.split(batch_size)])
-        return (images.float() / 2 + 0.5).clamp(0, 1)[None]
+        """Frames ``(1, F, 3, H, W)`` in [0, 1] from latents ``(1, C, F', h, w)``."""
+        return self.backbone.decode_latents(self, latents, batch_size)
 
     @contextlib.contextmanager
     def speed_options(self, config: SMAConfig) -> Iterator[None]:
@@ -201,18 +244,20 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         restore what was there before on exit (so one loaded pipeline serves runs with other settings).
         The attention kernel is always set; tiling is only switched on, so a caller's own
         ``pipe.vae.enable_tiling()`` still holds with ``vae_tiling=False``."""
-        processor = AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor()
-        saved = {name: model.attn_processors for name, model in (("unet", self.unet), ("vae", self.vae))}
+        processor = self.backbone.attention_processor(config)
+        # None: the family's models keep their own attention (Wan's applies rotary embeddings)
+        models = [self.denoiser, self.vae] if processor is not None else []
+        saved = [model.attn_processors for model in models]
         tiling = bool(getattr(self.vae, "use_tiling", False))
         try:
-            for model in (self.unet, self.vae):
+            for model in models:
                 model.set_attn_processor(processor)
             if config.vae_tiling:  # off leaves a pipe.vae.enable_tiling() of the caller's in place
                 self.vae.enable_tiling()
             yield
         finally:
-            self.unet.set_attn_processor(saved["unet"])
-            self.vae.set_attn_processor(saved["vae"])
+            for model, processors in zip(models, saved):
+                model.set_attn_processor(processors)
             if tiling:
                 self.vae.enable_tiling()
             else:
@@ -234,22 +279,23 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         frequencies plus ``noise``'s high ones, both ``(B, C, F, h, w)``."""
         return initial_latent(inverted, noise, downsample_factor, low_pass_grid)
 
-    def _unet_call(self, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
-        """The UNet's noise prediction ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)`` and one text
-        embedding ``(B, L, D)`` per video, called as the model's family calls it."""
-        return self.backbone.unet_call(self.unet, latents, t, embedding)
+    def _unet_call(self, latents: torch.Tensor, t: int | float, embedding: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction ``(B, C, F, h, w)`` (noise, or flow velocity) for latents
+        ``(B, C, F, h, w)`` and one text embedding ``(B, L, D)`` per video, called as its family calls it."""
+        return self.backbone.unet_call(self.denoiser, latents, t, embedding)
 
     def invert(
         self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig, timesteps: list[int]
     ) -> tuple[dict[int, torch.Tensor], bool]:
-        """Inverted latents ``{t: (1, C, F, h, w)}`` at ``timesteps``, from the cache when possible.
+        """Inverted latents ``{t: (1, C, F, h, w)}`` at ``timesteps`` (DDIM inversion, or the flow ODE run
+        towards noise), from the cache when possible.
         Returns the latents and whether they came from the cache."""
         cache = InversionCache(config.resolved_cache_dir()) if config.inversion_cache else None
         key = None
         if cache is not None:
             key = inversion_cache_key(
                 frames,
-                model_fingerprint(self.unet, self.vae, self.text_encoder),
+                model_fingerprint(self.denoiser, self.vae, self.text_encoder),
                 model=self.model_name,
                 family=self.backbone.name,
                 motion_adapter=self.motion_adapter_name,
@@ -259,20 +305,19 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 num_inference_steps=config.num_inference_steps,
                 size=(config.height, config.width),
                 num_frames=config.num_frames,
-                dtype=str(self.unet.dtype),
+                dtype=str(self.denoiser.dtype),
             )
             cached = cache.load(key, self.device)
             if cached is not None and set(timesteps) <= set(cached):
                 return {t: cached[t].float() for t in timesteps}, True
         latents = self.encode_video(frames, config.vae_batch_size)
-        inverted = ddim_invert(
-            lambda x, t, encoder_hidden_states: _Sample(self._unet_call(x, t, encoder_hidden_states)),
-            dict(self.scheduler.config),
+        inverted = self.sampler.invert(
+            self._unet_call,
             latents,
             source_embedding,
             config.inversion_steps,
             timesteps,
-            progress=lambda total: self._progress(total, "DDIM inversion"),
+            progress=lambda total: self._progress(total, f"{self.sampler.name} inversion"),
         )
         inverted = {t: x.float() for t, x in inverted.items()}
         if cache is not None and key is not None:
@@ -318,8 +363,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     def guidance_backward(self, config: SMAConfig) -> Iterator[None]:
         """The state of every guidance backward: frozen UNet weights (no weight gradients) and the
         configured activation checkpointing."""
-        units = checkpoint_units(self.unet, config.activation_checkpointing, config.feature_layers)
-        with frozen(self.unet), activation_checkpointing(self.unet, units):
+        units = checkpoint_units(self.denoiser, config.activation_checkpointing, config.feature_layers)
+        with frozen(self.denoiser), activation_checkpointing(self.denoiser, units):
             yield
 
     def optimize_latent(
@@ -399,7 +444,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         if unknown:
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
         config = (config or self.default_config()).replace(**explicit, **overrides).validate()
-        self.backbone.check(self.unet, config)
+        self.backbone.check(self, config)
+        self.sampler.check(config.inversion_steps, config.num_inference_steps)
         return config
 
     # ------------------------------------------------------------------------------ sampling
@@ -407,12 +453,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     def denoise_step(
         self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float
     ) -> torch.Tensor:
-        """One DDIM step (eta = 0) with classifier-free guidance; ``embeddings`` is
-        ``[negative, target]`` ``(2, L, D)``."""
-        noise = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
-        uncond, cond = noise.chunk(2)
-        noise = uncond + guidance_scale * (cond - uncond)
-        return self.scheduler.step(noise, t, latents).prev_sample
+        """One deterministic step (DDIM with η = 0, or flow-matching Euler) with classifier-free guidance;
+        ``embeddings`` is ``[negative, target]`` ``(2, L, D)``. The sampler's timesteps must be set
+        (:meth:`sampling_timesteps`)."""
+        prediction = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
+        uncond, cond = prediction.chunk(2)
+        return self.sampler.step(uncond + guidance_scale * (cond - uncond), t, latents)
 
     @torch.no_grad()
     def generate(
@@ -442,20 +488,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             ),
             {},
         )
-        self.scheduler.set_timesteps(config.num_inference_steps, device=self.device)
-        embeddings = torch.cat([self.encode_prompt(config.negative_prompt), self.encode_prompt(prompt)])
-        shape = (
-            1,
-            self.unet.config.in_channels,
-            config.num_frames,
-            config.height // self.vae_scale_factor,
-            config.width // self.vae_scale_factor,
-        )
+        timesteps = self.sampling_timesteps(config.num_inference_steps)
+        with self.text_encoder_on_device():
+            embeddings = torch.cat([self.encode_prompt(config.negative_prompt), self.encode_prompt(prompt)])
+        shape = self.backbone.latent_shape(self, config)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         latents = torch.randn(shape, generator=generator).to(self.device)
         with self.speed_options(config):
-            for t in self._progress_iter(self.scheduler.timesteps, "Sampling"):
-                latents = self.denoise_step(latents, int(t), embeddings, config.guidance_scale)
+            for t in self._progress_iter(timesteps, "Sampling"):
+                latents = self.denoise_step(latents, t, embeddings, config.guidance_scale)
             frames = self._postprocess(latents, output_type, config.vae_batch_size)
         return SMAPipelineOutput(frames=frames, config=config.to_dict(), fps=config.fps or 8.0)
 
@@ -467,10 +508,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
         """Sample q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process over that interval."""
-        alphas = self.scheduler.alphas_cumprod
-        ratio = float(alphas[t_to] / alphas[t_from])
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-        return ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise
+        return self.sampler.renoise(latents, t_from, t_to, generator)
 
     def __call__(
         self,
@@ -509,7 +547,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             negative_prompt: unconditional branch of classifier-free guidance (default DMT's).
             num_frames: frames resampled from the input (default 24).
             height, width: output size, multiples of 8 (default 320 x 576).
-            num_inference_steps: DDIM steps (default 50).
+            num_inference_steps: sampling steps, DDIM or (Wan) flow-matching Euler (default 50).
             guidance_scale: classifier-free guidance scale (default 10).
             optimization_steps: Adam steps on the latent before each guided step (default 10).
             lambda_global: weight of the Haar-wavelet global motion term λg (default 0.4; 0 = DMT).
@@ -564,11 +602,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
         frames, fps = self.prepare_video(video, config)
         fps = config.fps or fps
-        self.scheduler.set_timesteps(config.num_inference_steps, device=self.device)
-        timesteps = [int(t) for t in self.scheduler.timesteps]
-        negative, target, source = (
-            self.encode_prompt(text) for text in (config.negative_prompt, prompt, config.source_prompt)
-        )
+        timesteps = self.sampling_timesteps(config.num_inference_steps)
+        with self.text_encoder_on_device():  # moved on (and off) once for the three prompts
+            negative, target, source = (
+                self.encode_prompt(text) for text in (config.negative_prompt, prompt, config.source_prompt)
+            )
         timings["prepare"] = time.perf_counter() - clock
 
         if not isinstance(adapter, MotionAdapter):
@@ -578,7 +616,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 clock = time.perf_counter()
                 adapter = self._train_adapter(frames, source, config)
                 timings["fine_tune"] = time.perf_counter() - clock
-            with applied_adapter(self.unet, adapter, self.model_name, family=self.backbone.name):
+            with applied_adapter(self.denoiser, adapter, self.model_name, family=self.backbone.name):
                 output, loss_history = self._sample(
                     frames, timesteps, negative, target, source, config, timings, output_type
                 )
@@ -669,13 +707,6 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for name, param in module.named_parameters():
             param.requires_grad_(flags[name])
-
-
-class _Sample:
-    """Lets a plain function stand in for a UNet in :func:`ddim_invert` (which reads ``.sample``)."""
-
-    def __init__(self, sample: torch.Tensor) -> None:
-        self.sample = sample
 
 
 __all__ = ["SMAMotionTransferPipeline", "SMAPipelineOutput"]

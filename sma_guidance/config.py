@@ -47,6 +47,10 @@ ANIMATEDIFF_FEATURE_LAYERS = (
     "up_blocks.1.upsamplers.0",
 )
 
+# Wan 2.1 1.3B's counterpart (README, "Models"): its middle transformer block (15 of 30), as DiTFlow
+# records a middle block of CogVideoX; the forward stops after it, so the guidance runs half the network.
+WAN_FEATURE_LAYERS = ("blocks.15",)
+
 FEATURE_NORMALIZATIONS = ("none", "ref-rms")
 MODES = ("zero-shot", "fine-tune", "both")
 RESIDUALS = ("signed", "abs")
@@ -363,6 +367,20 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
         # AnimateDiff motion module attend over frames).
         "trainable_modules": r"motion_modules\..*\.to_[qkv]$",
     },
+    "wan": {
+        # Wan 2.1's native clip: 81 frames (4k + 1: 21 latent frames) of 480 x 832; estimated to fit a 24 GB
+        # card with block checkpointing (README, "Models": 13.8 GiB at 49 or 81 frames, the peak being the
+        # prompt encoding while UMT5-XXL is on the GPU).
+        "num_frames": 81,
+        "height": 480,
+        "width": 832,
+        "guidance_scale": 5.0,  # WanPipeline's default
+        "feature_layers": WAN_FEATURE_LAYERS,
+        # The flow ODE is inverted on the sampler's own sigmas (any multiple of the sampling steps).
+        "inversion_steps": 50,
+        # DMT's restart sampling was tuned on Zeroscope's DDIM; the Euler ODE runs as it is.
+        "restart_sampling": False,
+    },
 }
 
 # Per-model overrides of the defaults above (after the family's). Zeroscope uses the defaults as they are.
@@ -373,6 +391,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "height": 64,
         "width": 64,
         "inversion_steps": 50,
+        "activation_checkpointing": "off",
+    },
+    # A tiny random Wan (transformer, causal 3-D VAE, UMT5, flow matching) built in code, for tests.
+    "tiny-random-wan": {
+        "num_frames": 17,
+        "height": 64,
+        "width": 64,
+        "feature_layers": ("blocks.1",),
         "activation_checkpointing": "off",
     },
     # The bundled model trained on the shapes world (pipelines/shapes_training.py); its own
@@ -407,6 +433,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 __all__ = [
+    "WAN_FEATURE_LAYERS",
     "ANIMATEDIFF_FEATURE_LAYERS",
     "DEFAULT_MODEL",
     "DMT_FEATURE_LAYERS",

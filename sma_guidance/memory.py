@@ -8,9 +8,11 @@ composable ``checkpoint`` API, which installs a forward pre-hook and a forward h
 
 Granularities (measured in the README, "Memory and speed options"):
 
-- ``"blocks"``: each top-level UNet block (``down_blocks.i``, ``mid_block``, ``up_blocks.j``);
+- ``"blocks"``: each top-level UNet block (``down_blocks.i``, ``mid_block``, ``up_blocks.j``), or each
+  transformer block of a DiT (Wan's ``blocks.i``);
 - ``"layers"``: each resnet, temporal convolution, spatial and temporal transformer (UNet3D) or
-  motion module (AnimateDiff's UNetMotionModel) inside them —
+  motion module (AnimateDiff's UNetMotionModel) inside them, or a DiT block's self-attention,
+  cross-attention and feed-forward —
   more recomputation bookkeeping, less memory at the peak of the backward.
 
 A module that holds a recorded layer is never checkpointed: its output feeds the loss directly, and
@@ -32,8 +34,10 @@ from torch.utils._pytree import tree_flatten
 from .config import CHECKPOINTING
 from .errors import UserError
 
-_BLOCK_PARENTS = ("down_blocks", "up_blocks")
+_BLOCK_PARENTS = ("down_blocks", "up_blocks", "blocks")
 _LAYER_PARENTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules")
+# a diffusion transformer's block (Wan's ``blocks.i``): self-attention, cross-attention, feed-forward
+_TRANSFORMER_LAYERS = ("attn1", "attn2", "ffn")
 
 
 def _holds(name: str, recorded: Iterable[str]) -> bool:
@@ -58,7 +62,9 @@ def checkpoint_units(model: nn.Module, granularity: str, recorded: Iterable[str]
         if granularity == "blocks":
             unit = (len(parts) == 2 and parts[0] in _BLOCK_PARENTS) or name == "mid_block"
         elif granularity == "layers":
-            unit = len(parts) >= 2 and parts[-2] in _LAYER_PARENTS and parts[-1].isdigit()
+            unit = (len(parts) >= 2 and parts[-2] in _LAYER_PARENTS and parts[-1].isdigit()) or (
+                len(parts) == 3 and parts[0] == "blocks" and parts[2] in _TRANSFORMER_LAYERS
+            )
         else:
             unit = False
         if unit and not _holds(name, recorded):

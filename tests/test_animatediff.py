@@ -236,8 +236,10 @@ def test_detection_reads_the_model_index_not_the_name():
     assert detect_backbone(_index("UNet2DConditionModel"), "m", motion_adapter="a").name == "animatediff"
     with pytest.raises(UserError, match="--motion-adapter"):
         detect_backbone(_index("UNet2DConditionModel", "StableDiffusionPipeline"), "sd")
-    with pytest.raises(UserError, match="unknown model family.*WanTransformer3DModel.*supported: zeroscope"):
-        detect_backbone({"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}, "wan")
+    wan = {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}
+    assert detect_backbone(wan, "zeroscope-lookalike").name == "wan"
+    with pytest.raises(UserError, match="unknown model family.*CogVideoXTransformer3DModel.*supported: zeroscope"):
+        detect_backbone({"_class_name": "CogVideoXPipeline", "transformer": ["diffusers", "CogVideoXTransformer3DModel"]}, "cog")
     with pytest.raises(UserError, match="zeroscope-family"):
         detect_backbone(_index("UNet3DConditionModel"), "z", motion_adapter="a")
 
@@ -274,10 +276,10 @@ def test_bad_models_and_adapters_are_one_error_line(sd_folders, tmp_path):
     assert "whole pipeline" in _error_line([*run, "--model", base, "--motion-adapter", base])
     unknown = tmp_path / "unknown"
     unknown.mkdir()
-    (unknown / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline",
-                                                          "transformer": ["diffusers", "WanTransformer3DModel"]}))
+    (unknown / "model_index.json").write_text(json.dumps({"_class_name": "CogVideoXPipeline",
+                                                          "transformer": ["diffusers", "CogVideoXTransformer3DModel"]}))
     line = _error_line([*run, "--model", unknown])
-    assert "unknown model family" in line and "WanPipeline" in line and "supported" in line
+    assert "unknown model family" in line and "CogVideoXPipeline" in line and "supported" in line
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -359,7 +361,7 @@ def test_animatediff_arch_is_sd15_plus_the_v3_adapter_built_on_meta():
     parameters = sum(p.numel() for p in unet.parameters())
     assert 1.2e9 < parameters < 1.5e9  # SD 1.5's 860 M + v3's motion modules (≈ 420 M)
     assert DMT_FEATURE_LAYERS[1] == "up_blocks.1.temp_convs.1" and DMT_FEATURE_LAYERS[1] not in modules  # Zeroscope's
-    assert set(BACKBONES) == {"zeroscope", "animatediff"}
+    assert set(BACKBONES) == {"zeroscope", "animatediff", "wan"}
     with torch.device("meta"):  # the builder behind --model animatediff-arch, without the 5 GB of weights
         from pipelines.backbones.animatediff import build_animatediff_arch
 

@@ -59,7 +59,7 @@ def test_fake_estimate_matches_the_same_count_on_real_tensors(pipe, choice):
     real = stage_memory(pipe, config, int(pipe.scheduler.timesteps[0]))
     estimate = estimate_memory("tiny-random", config, torch.float32, checkpointing=(choice,))
     fake = estimate["checkpointing"][choice]["stages"]
-    assert set(fake) == {"guidance iteration", "denoising step", "VAE encode", "VAE decode"}
+    assert set(fake) == {"prompt encoding", "guidance iteration", "denoising step", "VAE encode", "VAE decode"}
     for stage, value in real.items():
         assert value > 0
         assert fake[stage] == pytest.approx(value, rel=0.02), stage

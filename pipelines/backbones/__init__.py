@@ -1,16 +1,18 @@
 """Backbones: one module per video-model family, and the detection of a model's family.
 
 A family is recognised from the model's own ``model_index.json`` — its ``_class_name`` and the class
-of its ``unet`` component — never from the model's name; a loaded pipeline's family is that of its
-UNet's class. The models built in code (``tiny-random``, ``zeroscope-arch``,
-``tiny-random-animatediff``, ``animatediff-arch``) belong to the family that builds them.
+of its ``unet`` (or ``transformer``) component — never from the model's name; a loaded pipeline's
+family is that of its denoiser's class. The models built in code (``tiny-random``, ``zeroscope-arch``,
+``tiny-random-animatediff``, ``animatediff-arch``, ``tiny-random-wan``, ``wan2.1-1.3b-arch``) belong to
+the family that builds them.
 
 ============  =====================================  ===========================================
-family        unet                                   pass
+family        denoiser                               pass
 ============  =====================================  ===========================================
-zeroscope     ``UNet3DConditionModel``               a video model (``TextToVideoSDPipeline``)
-animatediff   ``UNetMotionModel``                    a saved AnimateDiff folder, or an SD 1.5
+zeroscope     unet ``UNet3DConditionModel``          a video model (``TextToVideoSDPipeline``)
+animatediff   unet ``UNetMotionModel``               a saved AnimateDiff folder, or an SD 1.5
               (SD 1.5's ``UNet2DConditionModel``)    image model with ``--motion-adapter``
+wan           transformer ``WanTransformer3DModel``  a Wan 2.1 text-to-video model (``WanPipeline``)
 ============  =====================================  ===========================================
 """
 
@@ -27,9 +29,12 @@ from sma_guidance.errors import UserError
 
 from .animatediff import AnimateDiffBackbone
 from .base import Backbone
+from .wan import WanBackbone
 from .zeroscope import ZeroscopeBackbone
 
-BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (ZeroscopeBackbone(), AnimateDiffBackbone())}
+BACKBONES: dict[str, Backbone] = {
+    backbone.name: backbone for backbone in (ZeroscopeBackbone(), AnimateDiffBackbone(), WanBackbone())
+}
 #: models built in code, by name -> their family
 BUILTIN_MODELS: dict[str, str] = {name: family for family, b in BACKBONES.items() for name in b.builtin}
 IMAGE_UNET = "UNet2DConditionModel"
@@ -40,7 +45,7 @@ def supported() -> str:
 
 
 def backbone_of(unet: torch.nn.Module) -> Backbone:
-    """The family of a loaded UNet, from its class."""
+    """The family of a loaded denoiser (UNet or transformer), from its class."""
     name = type(unet).__name__
     for backbone in BACKBONES.values():
         if name in backbone.unet_classes:
@@ -64,7 +69,7 @@ def describe_index(index: dict[str, Any]) -> str:
 def detect_backbone(index: dict[str, Any], model: str, motion_adapter: str | None = None) -> Backbone:
     """The family of the model whose ``model_index.json`` is ``index``; a one-line :class:`UserError`
     naming what was found and what is supported when no family fits (or the motion adapter does not)."""
-    unet = component_class(index, "unet")
+    unet = component_class(index, "unet") or component_class(index, "transformer")
     found = describe_index(index)
     if unet == IMAGE_UNET:
         if not motion_adapter:

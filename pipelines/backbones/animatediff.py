@@ -227,9 +227,9 @@ class AnimateDiffBackbone(Backbone):
     builtin = {TINY_RANDOM_ANIMATEDIFF: build_tiny_animatediff, ANIMATEDIFF_ARCH: build_animatediff_arch}
     accepts = SUPPORTED
 
-    def check(self, unet: torch.nn.Module, config: Any) -> None:
+    def check(self, pipe: Any, config: Any) -> None:
         """The motion modules' positional embedding covers ``motion_max_seq_length`` frames."""
-        most = unet.config.get("motion_max_seq_length", 32)
+        most = pipe.denoiser.config.get("motion_max_seq_length", 32)
         if config.num_frames > most:
             raise UserError(
                 f"num_frames {config.num_frames} is more than this AnimateDiff's motion modules take ({most}); "

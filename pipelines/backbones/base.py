@@ -2,9 +2,11 @@
 
 The core — inversion and its cache, the initial latent, the guided loop, the losses, the fine-tune and
 the outputs — is written once against :class:`Backbone`; one subclass per family (``zeroscope.py``,
-``animatediff.py``) says what differs: which UNet class it drives, how that UNet is called, how the
-outputs of its recorded layers become ``(B, F, C, H, W)``, which models it builds in code and how it
-loads a checkpoint. Defaults (recorded layers, trained modules, native size) live in
+``animatediff.py``, ``wan.py``) says what differs: which denoiser class it drives (a UNet, or Wan's
+transformer) and how it is called, how the outputs of its recorded layers become ``(B, F, C, H, W)``,
+how prompts and frames are encoded, which sampler runs it, which models it builds in code and how it
+loads a checkpoint. The defaults here are the UNet families' (a per-frame 2-D VAE, a CLIP text encoder,
+DDIM). Defaults (recorded layers, trained modules, native size) live in
 :data:`sma_guidance.config.FAMILY_PRESETS`, the single source of defaults.
 """
 
@@ -16,6 +18,7 @@ import torch
 from einops import rearrange
 
 from sma_guidance.config import FAMILY_PRESETS
+from sma_guidance.errors import UserError
 
 
 class Backbone:
@@ -23,10 +26,16 @@ class Backbone:
 
     #: family id, the key of :data:`FAMILY_PRESETS` and what adapters and cache keys record
     name: str = ""
-    #: the UNet class the family builds from a configuration
+    #: the denoiser class the family builds from a configuration
     unet_type: type = torch.nn.Module
-    #: the ``unet`` component's class name(s) that identify the family
+    #: the denoiser component's class name(s) that identify the family
     unet_classes: tuple[str, ...] = ()
+    #: the pipeline component that holds the denoiser (``unet``, or ``transformer`` for a DiT)
+    denoiser_component: str = "unet"
+    #: move the text encoder off the GPU between prompt encodings (a large encoder, e.g. UMT5-XXL)
+    offloads_text_encoder: bool = False
+    #: the VAE encodes frames one by one (``vae_batch_size`` per call), not the clip as a whole
+    per_frame_vae: bool = True
     #: model names built in code (no download): name -> builder of the components
     builtin: dict[str, Callable[[], dict[str, Any]]] = {}
     #: one line naming what a user passes for this family (for error messages)
@@ -43,9 +52,9 @@ class Backbone:
 
         return tuple(self.preset.get("feature_layers", SMAConfig().feature_layers))
 
-    def check(self, unet: torch.nn.Module, config: Any) -> None:
+    def check(self, pipe: Any, config: Any) -> None:
         """Raise a one-line :class:`~sma_guidance.errors.UserError` when ``config`` (an
-        :class:`~sma_guidance.config.SMAConfig`) asks what this family's ``unet`` cannot do."""
+        :class:`~sma_guidance.config.SMAConfig`) asks what this family's model (in ``pipe``) cannot do."""
 
     # ------------------------------------------------------------------------- model calls
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
@@ -59,6 +68,59 @@ class Backbone:
         if output.shape[0] % num_frames:
             raise RuntimeError(f"recorded output of shape {tuple(output.shape)} does not split into {num_frames} frames")
         return rearrange(output, "(b f) ... -> b f ...", f=num_frames)
+
+    def feature_frames(self, pipe: Any, config: Any) -> int:
+        """Frames of the recorded features: the video's (a per-frame VAE keeps them all)."""
+        return config.num_frames
+
+    def feature_reshaper(self, pipe: Any, config: Any) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """``(output, frames) -> (B, F, C, H, W)`` for the recorded layers at ``config``'s size."""
+        return self.features_to_frames
+
+    def latent_shape(self, pipe: Any, config: Any) -> tuple[int, ...]:
+        """Shape ``(1, C, F, h, w)`` of the latents of a ``config``-sized video."""
+        factor = pipe.vae_scale_factor
+        return (1, pipe.denoiser.config.in_channels, config.num_frames, config.height // factor, config.width // factor)
+
+    def attention_processor(self, config: Any) -> Any:
+        """The attention processor ``config.attention`` selects for this family's models, or ``None`` to
+        leave the models' own."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        return AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor()
+
+    def sampling_scheduler(self, scheduler: Any) -> Any:
+        """The scheduler the core samples with, made from the checkpoint's: DDIM (η = 0) on its betas."""
+        from diffusers import DDIMScheduler
+
+        if isinstance(scheduler, DDIMScheduler):
+            return scheduler
+        if "beta_schedule" not in scheduler.config:
+            raise UserError(f"a {type(scheduler).__name__} cannot drive a noise-prediction UNet; pass a DDIM-compatible scheduler")
+        return DDIMScheduler.from_config(scheduler.config)
+
+    # ------------------------------------------------------------------------- text and VAE
+    @torch.no_grad()
+    def encode_prompt(self, pipe: Any, prompt: str) -> torch.Tensor:
+        """CLIP text embedding ``(1, L, D)`` of ``prompt``, padded to the tokenizer's length."""
+        tokens = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0]
+
+    @torch.no_grad()
+    def encode_video(self, pipe: Any, frames: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+        """Scaled VAE latents ``(1, C, F, h, w)`` of frames ``(F, 3, H, W)``, ``batch_size`` frames per
+        call, posterior mean (so the latent, and the inversion cached from it, are deterministic)."""
+        frames = frames.to(pipe.device, pipe.vae.dtype)
+        latents = torch.cat([pipe.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(batch_size)])
+        return self.frame_batch_to_latents(latents * pipe.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode_latents(self, pipe: Any, latents: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+        """Frames ``(1, F, 3, H, W)`` in [0, 1] of latents ``(1, C, F, h, w)``, ``batch_size`` per call."""
+        frames = self.latents_to_frame_batch(latents) / pipe.vae.config.scaling_factor
+        images = torch.cat([pipe.vae.decode(chunk.to(pipe.vae.dtype)).sample for chunk in frames.split(batch_size)])
+        return (images.float() / 2 + 0.5).clamp(0, 1)[None]
 
     # ------------------------------------------------------------------------- latents <-> frames
     @staticmethod

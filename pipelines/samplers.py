@@ -1,0 +1,188 @@
+"""The deterministic samplers the pipeline core runs, and their inversions.
+
+The core (guided loop, inversion cache, DMT's initial latent) only needs a few operations of a sampler:
+its timesteps, one deterministic step, the inversion that keeps the latents at those timesteps, the
+forward process between two noise levels (DMT's restart sampling) and what the model is called with.
+Two samplers provide them:
+
+- :class:`DDIMSampler` — DDIM (η = 0) on a noise-prediction model's ᾱ schedule (Zeroscope, AnimateDiff),
+  inverted with diffusers' ``DDIMInverseScheduler``;
+- :class:`FlowMatchSampler` — the Euler solver of a flow-matching model's ODE ``dx/dσ = v`` on the
+  scheduler's shifted sigmas (Wan 2.1), inverted by the same Euler ODE run from the clean latent
+  towards noise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from sma_guidance.errors import UserError
+
+from .inversion import check_timesteps_covered, ddim_invert
+
+ModelFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (latents, t, embedding) -> output
+Progress = Callable[[int], object] | None
+
+
+class DDIMSampler:
+    """DDIM with η = 0 on a ``DDIMScheduler`` (ε- or v-prediction)."""
+
+    name = "DDIM"
+
+    def __init__(self, scheduler: DDIMScheduler) -> None:
+        self.scheduler = scheduler
+
+    def timesteps(self, num_inference_steps: int) -> list[int]:
+        """The sampling timesteps, noisiest first."""
+        self.scheduler.set_timesteps(num_inference_steps)
+        return [int(t) for t in self.scheduler.timesteps]
+
+    def check(self, inversion_steps: int, num_inference_steps: int) -> None:
+        """A one-line :class:`UserError` when the inversion would skip a sampling timestep."""
+        check_timesteps_covered(dict(self.scheduler.config), inversion_steps, self.timesteps(num_inference_steps))
+
+    def step(self, model_output: torch.Tensor, t: int, latents: torch.Tensor) -> torch.Tensor:
+        """One DDIM step from ``t`` to the next sampling timestep (``timesteps`` must have been set)."""
+        return self.scheduler.step(model_output, t, latents).prev_sample
+
+    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
+        """A draw of q(x_{t_to} | x_{t_from}) for ``t_to`` > ``t_from``: the forward process over that interval."""
+        alphas = self.scheduler.alphas_cumprod
+        ratio = float(alphas[t_to] / alphas[t_from])
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        return ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise
+
+    def invert(self, model: ModelFn, latents: torch.Tensor, embedding: torch.Tensor, inversion_steps: int,
+               keep: Iterable[int], progress: Progress = None) -> dict[int, torch.Tensor]:
+        """``{t: x_t}`` of a ``inversion_steps``-step DDIM inversion of clean ``latents`` ``(B, C, F, h, w)``."""
+        return ddim_invert(lambda x, t, encoder_hidden_states: _Sample(model(x, t, encoder_hidden_states)),
+                           dict(self.scheduler.config), latents, embedding, inversion_steps, keep, progress)
+
+    def inversion_steps_run(self, inversion_steps: int, t_max: float) -> int:
+        """How many model calls the inversion makes to reach ``t_max``."""
+        from .inversion import inversion_timesteps
+
+        return sum(1 for t in inversion_timesteps(dict(self.scheduler.config), inversion_steps).tolist() if t <= t_max)
+
+
+class FlowMatchSampler:
+    """The Euler solver of a rectified-flow model's ODE on diffusers' shifted flow sigmas.
+
+    The model predicts the velocity ``v = ε − x₀`` of ``x_σ = (1 − σ) x₀ + σ ε``, so ``dx/dσ = v``. The
+    sigmas are those of diffusers' ``UniPCMultistepScheduler(use_flow_sigmas=True)``, Wan's Hub
+    scheduler: ``s_i = 1 − (i/n)(1 − 1/T)``, ``σ_i = shift·s_i / (1 + (shift − 1)·s_i)`` for ``i < n``
+    (σ_0 nudged just below 1), and ``σ_n = 0``; the model is called with ``t = σ·T``. An ``m``-step inversion uses the
+    same formula with ``m`` steps, so when ``m`` is a multiple of ``n`` it passes through every
+    sampling sigma exactly.
+    """
+
+    name = "flow-matching Euler"
+
+    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+        self.scheduler = scheduler
+        self.shift = float(scheduler.config.get("shift", 1.0))
+        self.num_train_timesteps = int(scheduler.config.get("num_train_timesteps", 1000))
+        self._sigma_of: dict[float, float] = {}
+        self._next: dict[float, float] = {}
+
+    def sigmas(self, steps: int) -> list[float]:
+        """``steps + 1`` sigmas from the noisiest down to 0 (``i / steps`` is computed first, so that a
+        multiple of ``steps`` reproduces these sigmas bit for bit)."""
+        span = 1 - 1 / self.num_train_timesteps
+        unshifted = [1 - (i / steps) * span for i in range(steps)]
+        sigmas = [self.shift * s / (1 + (self.shift - 1) * s) for s in unshifted]
+        if abs(sigmas[0] - 1) < 1e-6:
+            sigmas[0] -= 1e-6  # as diffusers' UniPC (Wan's scheduler): the first sigma stays below 1
+        return sigmas + [0.0]
+
+    def timesteps(self, num_inference_steps: int) -> list[float]:
+        sigmas = self.sigmas(num_inference_steps)
+        timesteps = [sigma * self.num_train_timesteps for sigma in sigmas[:-1]]
+        # the next sigma of each timestep: what one Euler step moves to
+        self._next = dict(zip(timesteps, sigmas[1:]))
+        self._sigma_of = dict(zip(timesteps, sigmas[:-1]))
+        return timesteps
+
+    def check(self, inversion_steps: int, num_inference_steps: int) -> None:
+        if inversion_steps % num_inference_steps:
+            raise UserError(
+                f"inversion_steps={inversion_steps} does not pass through the {num_inference_steps} sampling steps of "
+                f"this flow-matching model; use a multiple of num_inference_steps (e.g. {num_inference_steps})"
+            )
+
+    def step(self, model_output: torch.Tensor, t: float, latents: torch.Tensor) -> torch.Tensor:
+        """One Euler step from ``t`` to the next sampling sigma: ``x + (σ_next − σ) v``."""
+        if t not in self._sigma_of:
+            raise RuntimeError(f"t={t} is not a sampling timestep; call timesteps(n) first")
+        sigma, sigma_next = self._sigma_of[t], self._next[t]
+        return latents + (sigma_next - sigma) * model_output.to(latents.dtype)
+
+    def renoise(self, latents: torch.Tensor, t_from: float, t_to: float, generator: torch.Generator) -> torch.Tensor:
+        """A draw of x_{σ_b} given x_{σ_a} (σ_b > σ_a) under ``x_σ = (1 − σ) x₀ + σ ε``: scale by
+        ``(1 − σ_b)/(1 − σ_a)`` and add the noise that brings the variance of ε's share to σ_b²."""
+        sigma_a, sigma_b = t_from / self.num_train_timesteps, t_to / self.num_train_timesteps
+        scale = (1 - sigma_b) / (1 - sigma_a)
+        extra = max(sigma_b**2 - (scale * sigma_a) ** 2, 0.0) ** 0.5
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        return scale * latents + extra * noise
+
+    @torch.no_grad()
+    def invert(self, model: ModelFn, latents: torch.Tensor, embedding: torch.Tensor, inversion_steps: int,
+               keep: Iterable[float], progress: Progress = None) -> dict[float, torch.Tensor]:
+        """``{t: x_t}`` for the sampling timesteps ``keep``: the Euler ODE run from the clean
+        ``latents`` ``(B, C, F, h, w)`` (σ = 0) up the ``inversion_steps`` sigmas, each step using the
+        velocity at the point it starts from: ``x_{σ'} = x_σ + (σ' − σ) v(x_σ, σ)``."""
+        keep = sorted(set(keep))
+        scale = self.num_train_timesteps
+        sigmas = self.sigmas(inversion_steps)[::-1]  # 0 first
+        # The inversion stops at the noisiest timestep kept: later steps would be wasted. Timesteps are
+        # compared as computed (σ·T of the same σ): an m-step grid reproduces an n-step one's sigmas exactly.
+        steps = []
+        for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+            steps.append((sigma, sigma_next))
+            if sigma_next * scale >= keep[-1]:
+                break
+        bar = progress(len(steps)) if progress else None
+        kept: dict[float, torch.Tensor] = {}
+        sample = latents
+        for sigma, sigma_next in steps:
+            velocity = model(sample, sigma * scale, embedding)
+            sample = sample + (sigma_next - sigma) * velocity.to(sample.dtype)
+            if sigma_next * scale in keep:
+                kept[sigma_next * scale] = sample.clone()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+        missing = [t for t in keep if t not in kept]
+        if missing:
+            raise UserError(
+                f"the {inversion_steps}-step inversion does not pass through t={missing[0]:.3f}; use a multiple of "
+                f"num_inference_steps for inversion_steps"
+            )
+        return kept
+
+    def inversion_steps_run(self, inversion_steps: int, t_max: float) -> int:
+        return sum(1 for sigma in self.sigmas(inversion_steps)[:-1] if sigma * self.num_train_timesteps <= t_max)
+
+
+def sampler_for(scheduler: object) -> DDIMSampler | FlowMatchSampler:
+    """The sampler that runs ``scheduler`` (the pipeline registers a DDIM or a flow-matching Euler one)."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return FlowMatchSampler(scheduler)
+    if isinstance(scheduler, DDIMScheduler):
+        return DDIMSampler(scheduler)
+    raise UserError(f"no sampler for a {type(scheduler).__name__}; the pipeline runs DDIM or flow-matching Euler")
+
+
+class _Sample:
+    """Lets a plain function stand in for a UNet in :func:`ddim_invert` (which reads ``.sample``)."""
+
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+__all__ = ["DDIMSampler", "FlowMatchSampler", "sampler_for"]
