@@ -1,7 +1,7 @@
 """``sma-guide``: transfer the motion of a video to new content described by a prompt.
 
     sma-guide input.mp4 --prompt "a car driving in a forest"          # writes input.sma.mp4 + input.sma.json
-    sma-guide input.mp4 --prompt "..." --model tiny-random -o out.mp4  # seconds on a CPU (output is noise)
+    sma-guide input.mp4 --prompt "..." --model tiny-random -o out.mp4  # ~20 s on 2 CPU cores (output is noise)
     sma-guide input.mp4 --prompt "..." --model BASE --motion-adapter ADAPTER   # AnimateDiff (SD 1.5 + adapter)
 
 Every default comes from :class:`sma_guidance.config.SMAConfig` (DMT's published settings for Zeroscope,
@@ -97,7 +97,8 @@ def _record_path(output: Path) -> Path:
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")
-@click.option("--inversion-steps", type=int, help="Inversion steps. [default: 999; Wan: 50, a multiple of --steps]")
+@click.option("--inversion-steps", type=int, help="Inversion steps; unset, the preset's count is fitted to pass through "
+                                                  "the sampling timesteps. [default: 999; Wan: 50, a multiple of --steps]")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance scale. [default: 10; AnimateDiff 7.5; Wan 5]")
 @click.option("--feature-layers", help="Recorded layers, comma-separated submodule names of the UNet / transformer. "
                                        "[default: the family's: DMT's decoder block 1; Wan: blocks.15]")
@@ -193,6 +194,12 @@ def transfer(
         if pipelines is not None:
             pipelines[key] = pipe
     config = build_config(config_file, flags, family=pipe.backbone.name)  # the loaded model's family decides
+    if not _chosen("inversion_steps", config_file, flags):
+        fitted = pipe.fit_inversion_steps(config)
+        if fitted.inversion_steps != config.inversion_steps and not quiet:
+            click.echo(f"note: {fitted.inversion_steps} inversion steps (the preset's {config.inversion_steps} do not pass "
+                       f"through the {config.num_inference_steps} sampling steps)", err=True)
+        config = fitted
     pipe.set_progress_bar_config(disable=quiet)
     result = pipe(video=input_path, prompt=prompt, config=config)
     written = export_to_video(result.frames[0], output, fps=result.fps)
@@ -244,6 +251,14 @@ def build_config(config_file: Path | None, flags: dict[str, Any], family: str | 
 
         family = model_family(model, fields.get("motion_adapter") or file_values.get("motion_adapter"))
     return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate()
+
+
+def _chosen(field: str, config_file: Path | None, flags: dict[str, Any]) -> bool:
+    """Whether the user set ``field`` (a flag or the ``--config`` file), not a preset."""
+    flag = next((name for name, target in FLAG_FIELDS.items() if target == field), field)
+    if flags.get(flag) is not None:
+        return True
+    return config_file is not None and field in SMAConfig.read_file(config_file)
 
 
 def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: Path) -> None:

@@ -44,6 +44,20 @@ class DDIMSampler:
         """A one-line :class:`UserError` when the inversion would skip a sampling timestep."""
         check_timesteps_covered(dict(self.scheduler.config), inversion_steps, self.timesteps(num_inference_steps))
 
+    def fitting_inversion_steps(self, preferred: int, num_inference_steps: int) -> int:
+        """The inversion step count closest to ``preferred`` (the larger one on a tie: more accurate)
+        whose DDIM grid passes through every sampling timestep."""
+        from .inversion import inversion_timesteps
+
+        needed = set(self.timesteps(num_inference_steps))
+        config = dict(self.scheduler.config)
+        most = int(config.get("num_train_timesteps", 1000))
+        for distance in range(most):
+            for count in (preferred + distance, preferred - distance):
+                if 1 <= count <= most and needed <= set(inversion_timesteps(config, count).tolist()):
+                    return count
+        return most - 1  # 999 passes through every timestep of a leading/trailing grid
+
     def step(self, model_output: torch.Tensor, t: int, latents: torch.Tensor) -> torch.Tensor:
         """One DDIM step from ``t`` to the next sampling timestep (``timesteps`` must have been set)."""
         return self.scheduler.step(model_output, t, latents).prev_sample
@@ -105,6 +119,11 @@ class FlowMatchSampler:
         self._next = dict(zip(timesteps, sigmas[1:]))
         self._sigma_of = dict(zip(timesteps, sigmas[:-1]))
         return timesteps
+
+    def fitting_inversion_steps(self, preferred: int, num_inference_steps: int) -> int:
+        """The multiple of ``num_inference_steps`` closest to ``preferred`` (the larger on a tie)."""
+        multiples = range(num_inference_steps, self.num_train_timesteps + 1, num_inference_steps)
+        return min(multiples, key=lambda count: (abs(count - preferred), -count))
 
     def check(self, inversion_steps: int, num_inference_steps: int) -> None:
         if inversion_steps % num_inference_steps:

@@ -443,10 +443,24 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         unknown = sorted(set(overrides) - set(SMAConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
+        chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
         config = (config or self.default_config()).replace(**explicit, **overrides).validate()
         self.backbone.check(self, config)
+        if not chosen:
+            config = self.fit_inversion_steps(config)
         self.sampler.check(config.inversion_steps, config.num_inference_steps)
         return config
+
+    def fit_inversion_steps(self, config: SMAConfig) -> SMAConfig:
+        """``config`` with an inversion step count that passes through its sampling timesteps: its own
+        when it does, else the closest that does (e.g. the ``tiny-random`` preset's 50 with ``--steps 4``
+        becomes 40). For a count the user did not choose; a chosen one that cannot work stays an error."""
+        try:
+            self.sampler.check(config.inversion_steps, config.num_inference_steps)
+            return config
+        except UserError:
+            count = self.sampler.fitting_inversion_steps(config.inversion_steps, config.num_inference_steps)
+            return config.replace(inversion_steps=count).validate()
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
