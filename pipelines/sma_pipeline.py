@@ -120,9 +120,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     ) -> "SMAMotionTransferPipeline":
         """Load ``model`` (Hub id, local folder, ``tiny-random``, ``tiny-random-animatediff``, ...) onto
         ``device`` with actionable errors; ``motion_adapter`` (a diffusers ``MotionAdapter``'s Hub id or
-        folder) makes an AnimateDiff of an SD 1.5 image model."""
+        folder) makes an AnimateDiff of an SD 1.5 image model. ``dtype="auto"``: float32 on the CPU; on a
+        GPU the family's half precision (float16; Wan: bfloat16, the precision it was trained in)."""
+        from .backbones import BACKBONES, model_family
+
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        family = model_family(model, motion_adapter)
+        if dtype == "auto" and torch_dtype != torch.float32 and family in BACKBONES:
+            torch_dtype = BACKBONES[family].half_dtype
         pipe = load_pipeline(cls, model, torch_dtype=torch_dtype, motion_adapter=motion_adapter)
         pipe.to(torch_device)
         if pipe.backbone.offloads_text_encoder and torch_device.type != "cpu":

@@ -257,6 +257,23 @@ def test_memory_estimate_fits_a_24_gb_card_at_49_frames():
     assert record["loop_weights_bytes"] == weights["transformer"] + weights["vae"]
 
 
+def test_auto_dtype_on_a_gpu_is_bfloat16_for_wan(monkeypatch):
+    from pipelines import sma_pipeline
+
+    seen = {}
+
+    def record_dtype(cls, model, torch_dtype, motion_adapter):  # the loader, stopped before any GPU is needed
+        seen[model] = torch_dtype
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sma_pipeline, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(sma_pipeline, "load_pipeline", record_dtype)
+    for model in ("tiny-random-wan", "tiny-random"):
+        with pytest.raises(RuntimeError, match="stop"):
+            SMAMotionTransferPipeline.load(model, dtype="auto")
+    assert seen == {"tiny-random-wan": torch.bfloat16, "tiny-random": torch.float16}
+
+
 def test_on_a_gpu_the_text_encoder_moves_on_once_per_encoding_block(pipe, monkeypatch):
     """UMT5-XXL sits on the CPU except while prompts are encoded (nested blocks move it once)."""
     moves = []

@@ -36,6 +36,8 @@ class Backbone:
     offloads_text_encoder: bool = False
     #: the VAE encodes frames one by one (``vae_batch_size`` per call), not the clip as a whole
     per_frame_vae: bool = True
+    #: the half precision ``--dtype auto`` picks on a GPU
+    half_dtype: torch.dtype = torch.float16
     #: model names built in code (no download): name -> builder of the components
     builtin: dict[str, Callable[[], dict[str, Any]]] = {}
     #: one line naming what a user passes for this family (for error messages)

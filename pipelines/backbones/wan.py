@@ -144,6 +144,7 @@ class WanBackbone(Backbone):
     accepts = SUPPORTED
     offloads_text_encoder = True
     per_frame_vae = False
+    half_dtype = torch.bfloat16  # Wan was trained in bfloat16; float16 overflows in its activations
 
     # ------------------------------------------------------------------------- sizes
     @staticmethod
