@@ -123,7 +123,7 @@ def _record_path(output: Path) -> Path:
 @click.option("--fps", type=float, help="Output frame rate. [default: keeps the input's duration]")
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU]")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU (Wan: bfloat16)]")
 @click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="Attention kernel: PyTorch's fused SDPA or the explicit softmax. [default: sdpa]")
 @click.option("--activation-checkpointing", type=click.Choice(["off", "blocks", "layers"]),
               help="Recompute UNet activations in the guidance backward: less memory, more time. [default: blocks; off in the tiny-random and shapes presets]")
