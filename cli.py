@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import click
 
+from sma_guidance.atomic import check_writable_folder
 from sma_guidance.config import SMAConfig, write_run_record
 from sma_guidance.errors import UserError
 
@@ -254,11 +255,7 @@ def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: 
         raise UserError(f"--save-adapter {path} must end in .safetensors")
     if path.is_dir():
         raise UserError(f"--save-adapter {path} is a directory; give a file name ending in .safetensors")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"the folder of --save-adapter {path} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}; choose another --save-adapter path")
+    check_writable_folder(path, "--save-adapter")
     for other in (input_path, output):
         if path.resolve() == other.resolve():
             raise UserError(f"--save-adapter {path} would overwrite {other}; choose another path")
@@ -296,10 +293,11 @@ def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracke
 
 
 def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str = "--json") -> None:
-    """A JSON output must go to a writable folder and must not replace one of ``protected``."""
-    parent = json_path.parent if str(json_path.parent) else Path(".")
-    if json_path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {flag} {json_path}: give a file name in an existing, writable folder")
+    """A JSON output must be a file name whose folder exists or can be created (it is created when the
+    JSON is written) and must not replace one of ``protected``."""
+    if json_path.is_dir():
+        raise UserError(f"cannot write {flag} {json_path}: it is a folder; give a file name")
+    check_writable_folder(json_path, flag)
     if any(json_path.resolve() == p.resolve() for p in protected):
         raise UserError(f"{flag} {json_path} would overwrite a video; choose another path")
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_writable_folder
 from .errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
@@ -393,11 +393,12 @@ def _pad_to_even(video: np.ndarray) -> np.ndarray:
 def check_output_path(
     output_path: str | os.PathLike, input_path: str | os.PathLike | None = None
 ) -> Path:
-    """Validate where a clip will be written, before any expensive work. Creates nothing.
+    """Validate where a clip will be written, before any expensive work. Creates nothing: a missing
+    folder is created by the write itself (:func:`~sma_guidance.atomic.atomic_write`).
 
     Raises:
         UserError: the output is the input file (however spelled), is a directory, has an
-            unsupported extension, or its directory is missing or not writable.
+            unsupported extension, or its folder cannot be created or written to.
 
     Returns:
         The output path (user ``~`` expanded).
@@ -414,14 +415,7 @@ def check_output_path(
             f"unsupported output format '{out.suffix or '(none)'}' for {out} — "
             f"use one of {', '.join(OUTPUT_EXTENSIONS)}"
         )
-    parent = out.parent
-    if not parent.is_dir():
-        raise UserError(f"output directory does not exist: {parent} — create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(
-            f"output directory is not writable: {parent} — choose another location or fix its "
-            "permissions"
-        )
+    check_writable_folder(out)
     return out
 
 
@@ -507,8 +501,7 @@ def save_image(image: np.ndarray, output_path: str | os.PathLike) -> str:
     path = Path(output_path).expanduser()
     if path.suffix.lower() != ".png":
         raise UserError(f"a picture must be written as .png, got {path}")
-    if not path.parent.is_dir():
-        raise UserError(f"output directory does not exist: {path.parent} — create it first")
+    check_writable_folder(path)
     with atomic_write(path) as tmp:
         iio.imwrite(tmp, np.ascontiguousarray(image), extension=".png")
     return str(path)

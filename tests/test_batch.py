@@ -107,6 +107,15 @@ def test_a_failing_job_does_not_stop_the_others_and_sets_the_exit_code(tmp_path)
     assert (tmp_path / "clip.sma.mp4").is_file()
 
 
+def test_a_job_writes_into_missing_folders(tmp_path):
+    write_moving_square(tmp_path / "clip.mp4", num_frames=6)
+    jobs = write_jobs(tmp_path / "jobs.jsonl",
+                      {"input": "clip.mp4", "prompt": "a red car", "output": "new/deeper/red.mp4", "strip": True, **FAST})
+    result = CliRunner().invoke(main, ["batch", str(jobs), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["red.json", "red.mp4", "red.strip.png"]
+
+
 ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
 
 

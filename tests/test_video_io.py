@@ -1,5 +1,6 @@
 """Tests for sma_guidance.video_io on small synthetic clips (a white square moving on black)."""
 
+import json
 import os
 
 import imageio.v3 as iio
@@ -9,14 +10,17 @@ import torch
 from PIL import Image
 
 from sma_guidance import video_io
+from sma_guidance.config import write_run_record
 from sma_guidance.errors import UserError
 from sma_guidance.video_io import (
     check_output_path,
     export_to_video,
+    frame_strip,
     load_video,
     read_frames,
     resample_frames,
     resize_and_crop,
+    save_image,
     side_by_side,
     to_uint8,
 )
@@ -268,13 +272,51 @@ def test_check_output_path_refuses_the_input(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name, message",
     [("out.avi", "unsupported output format"), ("out", "unsupported output format"),
-     ("missing/out.mp4", "does not exist")],
+     ("missing/out.avi", "unsupported output format")],
 )
 def test_check_output_path_errors(tmp_path, name, message):
     with pytest.raises(UserError, match=message) as info:
         check_output_path(tmp_path / name)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "missing").exists()
+
+
+def test_check_output_path_accepts_missing_folders_and_creates_nothing(tmp_path):
+    output = tmp_path / "new" / "deeper" / "out.mp4"
+    assert check_output_path(output) == output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_path_refuses_a_folder_under_a_file(tmp_path):
+    (tmp_path / "notes").write_text("a file, not a folder\n")
+    with pytest.raises(UserError, match="is a file") as info:
+        check_output_path(tmp_path / "notes" / "sub" / "out.mp4")
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_writers_create_missing_folders(tmp_path):
+    clip = moving_square()
+    video = export_to_video(clip, tmp_path / "a" / "b" / "out.mp4", fps=12)
+    assert read_frames(video)[0].shape == clip.shape
+    picture = save_image(frame_strip(clip), tmp_path / "c" / "d" / "strip.png")
+    assert iio.imread(picture).shape == frame_strip(clip).shape
+    record = write_run_record(tmp_path / "e" / "f" / "run.json", {"fps": 12})
+    assert json.loads(record.read_text()) == {"fps": 12}
+    assert no_temp_files(tmp_path / "a" / "b") and no_temp_files(tmp_path / "c" / "d")
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
+    (tmp_path / "kept").mkdir()
+
+    def failing_writer(video, path, fps):
+        path.write_bytes(b"half a video")
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(video_io, "_write", failing_writer)
+    with pytest.raises(UserError, match="could not write"):
+        export_to_video(moving_square(), tmp_path / "kept" / "new" / "deeper" / "out.mp4")
+    assert list((tmp_path / "kept").iterdir()) == []  # the existing folder stays, the new ones go
 
 
 def test_check_output_path_refuses_a_directory(tmp_path):
