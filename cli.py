@@ -95,6 +95,9 @@ def _record_path(output: Path) -> Path:
                    "tiny-random-animatediff or tiny-random-wan. [default: cerspense/zeroscope_v2_576w]")
 @click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @click.option("--frames", type=int, help="Frames resampled from the input. [default: 24; AnimateDiff: 16; Wan: 81, always 4k + 1]")
+@click.option("--start", type=float, help="Seconds of the input skipped before the part used. [default: 0]")
+@click.option("--duration", type=float, help="Seconds of the input used from --start on; only those frames are decoded. "
+                                             "[default: to the end]")
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")
@@ -165,7 +168,7 @@ def transfer(
     caches loaded models by (model, motion adapter, device, dtype) across calls."""
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import (
-        check_output_path, export_to_video, frame_strip, read_frames, save_image, side_by_side as stack,
+        check_output_path, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
     )
 
     config = build_config(config_file, flags)
@@ -173,7 +176,7 @@ def transfer(
         raise UserError("--prompt is empty; describe what the output should show")
     if not input_path.exists():
         raise UserError(f"input not found: {input_path} — check the path")
-    read_frames(input_path)  # fail on a bad input before the (slow) model load
+    read_clip(input_path, config.num_frames, config.start, config.duration)  # fail before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
     comparison = check_output_path(_comparison_path(output), input_path) if side_by_side else None

@@ -253,6 +253,18 @@ def test_missing_output_folders_are_created_for_every_output(tmp_path, monkeypat
     assert load_record(output.with_suffix(".json"))["adapter"] == str(adapter)
 
 
+def test_start_and_duration_select_the_part_and_are_recorded(tmp_path):
+    video = write_moving_square(tmp_path / "clip.mp4")  # 10 frames at 8 fps
+    output = tmp_path / "part.mp4"
+    result = invoke([video, "--prompt", PROMPT, "-o", output, *FAST_ARGS, "--start", "0.25", "--duration", "0.75"])
+    assert_success(result)
+    record = load_record(output.with_suffix(".json"))
+    assert (record["config"]["start"], record["config"]["duration"]) == (0.25, 0.75)
+    # Frames 2..7 (times 0.25 to 0.875 s) are the part: 6 frames shown as 4 keep its 0.75 s.
+    assert record["fps"] == pytest.approx(8.0 * FRAMES / 6)
+    assert read_frames(output)[1] == pytest.approx(record["fps"], rel=0.05)
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
@@ -341,6 +353,11 @@ BAD_INPUTS = [
      ["clip.mp4", "--config", "bad.json"], "bogus_key"),
     ("config-file-not-json", _write_text("broken.json", "num_inference_steps: 4\n"),
      ["clip.mp4", "--config", "broken.json"], "cannot read config file"),
+    ("start-beyond-the-end", None, ["clip.mp4", "--start", "2"], "beyond the end of clip.mp4, which lasts 1.25 s"),
+    ("start-negative", None, ["clip.mp4", "--start", "-1"], "start must not be negative"),
+    ("duration-zero", None, ["clip.mp4", "--duration", "0"], "duration must be positive"),
+    ("duration-nan", None, ["clip.mp4", "--duration", "nan"], "finite"),
+    ("part-too-short", None, ["clip.mp4", "--start", "0.5", "--duration", "0.2"], "selects 2 frame(s)"),
     ("empty-prompt", None, ["clip.mp4", "--prompt", ""], "prompt"),
     ("blank-prompt", None, ["clip.mp4", "--prompt", "   "], "prompt"),
 ]
