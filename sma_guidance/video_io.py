@@ -98,11 +98,10 @@ def read_clip(
     path = _existing(path)
     with _decoding(path):
         source = _open_source(path)
-        if source.count is None or not source.exact:
-            try:
-                selected_indices(source.count or 0, source.fps, num_frames, start, duration, str(path))
-            except UserError:
-                source.count_frames()  # the container may understate the clip: decide on the true count
+        # A container's duration spans all its streams, so it may overstate the video (found while
+        # decoding, see _read_selection) but not understate it: a selection it rules out is refused now.
+        if source.count is None:
+            source.count_frames()
         frames = _read_selection(path, source, num_frames, start, duration)
     return frames, source.fps * num_frames / _selected_count(source, start, duration, str(path))
 
@@ -213,7 +212,7 @@ class _Source:
         """Frames ``wanted`` (sorted) as RGB uint8, decoding in order and dropping the rest; stops
         after the last one unless ``read_to_end``, where the decoder's frame count replaces ``count``."""
         kept: dict[int, np.ndarray] = {}
-        budget = _FrameBudget(self.path)
+        budget = _FrameBudget(self.path, _KEPT_ADVICE)
         targets, last, seen = set(wanted), wanted[-1], 0
         frames = self.frames()
         try:
@@ -298,7 +297,7 @@ class _FolderSource(_Source):
         return [self.files[i].name for i in indices]
 
     def pick(self, wanted: list[int], read_to_end: bool = False) -> dict[int, np.ndarray]:
-        budget = _FrameBudget(self.path)
+        budget = _FrameBudget(self.path, _KEPT_ADVICE)
         return {i: budget.add(_to_rgb(_read_image(self.files[i]))) for i in wanted}
 
 
@@ -336,18 +335,21 @@ def _positive_number(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+_KEPT_ADVICE = "use fewer --frames or a smaller clip"
+
+
 class _FrameBudget:
     """Counts the bytes of the frames kept, stopping before RAM runs out."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.total = path, 0
+    def __init__(self, path: Path, advice: str = "trim it to a few seconds, e.g. ffmpeg -i in.mp4 -t 4 out.mp4") -> None:
+        self.path, self.advice, self.total = path, advice, 0
 
     def add(self, frame: np.ndarray) -> np.ndarray:
         self.total += frame.nbytes
         if self.total > MAX_DECODED_BYTES:
             raise UserError(
                 f"input video {self.path} is too long to load (over {MAX_DECODED_BYTES >> 30} GiB "
-                "decoded) — select a part with --start and --duration, or fewer --frames"
+                f"decoded) — {self.advice}"
             )
         return frame
 
