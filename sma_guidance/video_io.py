@@ -103,7 +103,7 @@ def read_clip(
         if source.count is None:
             source.count_frames()
         frames = _read_selection(path, source, num_frames, start, duration)
-    return frames, source.fps * num_frames / _selected_count(source, start, duration, str(path))
+    return frames, source.fps * num_frames / _part_length(source.count, source.fps, start, duration)
 
 
 def selected_indices(
@@ -155,16 +155,12 @@ def select_frames(
     """:func:`read_clip` for a clip already in memory: ``(F, ...)`` -> ``(num_frames, ...)`` and the
     fps that keeps the selected part's duration."""
     index = selected_indices(len(frames), fps, num_frames, start, duration, "the video")
-    return frames[index], fps * num_frames / _span(len(frames), fps, start, duration)
+    return frames[index], fps * num_frames / _part_length(len(frames), fps, start, duration)
 
 
-def _span(count: int, fps: float, start: float, duration: float | None) -> int:
+def _part_length(count: int, fps: float, start: float, duration: float | None) -> int:
+    """How many source frames the part ``[start, start + duration)`` holds."""
     first, stop = selection_range(count, fps, start, duration)
-    return stop - first
-
-
-def _selected_count(source: "_Source", start: float, duration: float | None, name: str) -> int:
-    first, stop = selection_range(source.count, source.fps, start, duration, name)
     return stop - first
 
 
