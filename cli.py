@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import click
 
+from sma_guidance.atomic import check_writable_folder
 from sma_guidance.config import SMAConfig, write_run_record
 from sma_guidance.errors import UserError
 
@@ -94,6 +95,9 @@ def _record_path(output: Path) -> Path:
                    "tiny-random-animatediff or tiny-random-wan. [default: cerspense/zeroscope_v2_576w]")
 @click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
 @click.option("--frames", type=int, help="Frames resampled from the input. [default: 24; AnimateDiff: 16; Wan: 81, always 4k + 1]")
+@click.option("--start", type=float, help="Seconds of the input skipped before the part used. [default: 0]")
+@click.option("--duration", type=float, help="Seconds of the input used from --start on; only those frames are decoded. "
+                                             "[default: to the end]")
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")
@@ -165,7 +169,7 @@ def transfer(
     caches loaded models by (model, motion adapter, device, dtype) across calls."""
     from pipelines.finetune import MotionAdapter
     from sma_guidance.video_io import (
-        check_output_path, export_to_video, frame_strip, read_frames, save_image, side_by_side as stack,
+        check_output_path, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
     )
 
     config = build_config(config_file, flags)
@@ -173,7 +177,7 @@ def transfer(
         raise UserError("--prompt is empty; describe what the output should show")
     if not input_path.exists():
         raise UserError(f"input not found: {input_path} — check the path")
-    read_frames(input_path)  # fail on a bad input before the (slow) model load
+    read_clip(input_path, config.num_frames, config.start, config.duration)  # fail before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
     comparison = check_output_path(_comparison_path(output), input_path) if side_by_side else None
@@ -269,11 +273,7 @@ def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: 
         raise UserError(f"--save-adapter {path} must end in .safetensors")
     if path.is_dir():
         raise UserError(f"--save-adapter {path} is a directory; give a file name ending in .safetensors")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"the folder of --save-adapter {path} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}; choose another --save-adapter path")
+    check_writable_folder(path, "--save-adapter")
     for other in (input_path, output):
         if path.resolve() == other.resolve():
             raise UserError(f"--save-adapter {path} would overwrite {other}; choose another path")
@@ -311,10 +311,11 @@ def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracke
 
 
 def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str = "--json") -> None:
-    """A JSON output must go to a writable folder and must not replace one of ``protected``."""
-    parent = json_path.parent if str(json_path.parent) else Path(".")
-    if json_path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {flag} {json_path}: give a file name in an existing, writable folder")
+    """A JSON output must be a file name whose folder exists or can be created (it is created when the
+    JSON is written) and must not replace one of ``protected``."""
+    if json_path.is_dir():
+        raise UserError(f"cannot write {flag} {json_path}: it is a folder; give a file name")
+    check_writable_folder(json_path, flag)
     if any(json_path.resolve() == p.resolve() for p in protected):
         raise UserError(f"{flag} {json_path} would overwrite a video; choose another path")
 

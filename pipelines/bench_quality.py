@@ -444,7 +444,6 @@ class ProgressLog:
 
     def start(self, records: list[dict[str, Any]]) -> None:
         """Begin the log afresh with ``records`` (those of a resumed run), atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path) as tmp:
             tmp.write_text("".join(json.dumps(item) + "\n" for item in [{"settings": self.settings}, *records]))
 

@@ -43,7 +43,7 @@ from sma_guidance.dmt import initial_latent, sma_objective_terms
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
-from sma_guidance.video_io import read_frames, resample_frames, resize_and_crop
+from sma_guidance.video_io import DEFAULT_FPS, read_clip, resize_and_crop, select_frames
 
 from .backbones import Backbone, backbone_of
 from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
@@ -211,26 +211,26 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     def prepare_video(self, video: VideoInput, config: SMAConfig) -> tuple[torch.Tensor, float]:
         """Frames ``(F, 3, H, W)`` in [-1, 1] at the configured size and count, and the fps that keeps
-        the clip's duration. Frames are resampled uniformly in time; each frame is scaled to cover
-        ``height x width`` with its aspect ratio kept, then centre-cropped."""
-        if isinstance(video, torch.Tensor):
-            frames = video.detach().float()
-            if frames.ndim != 4 or frames.shape[1] != 3:
-                raise UserError(f"a video tensor must be (F, 3, H, W) in [-1, 1], got shape {tuple(frames.shape)}")
-            array = ((frames.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-            fps = 8.0
-        elif isinstance(video, np.ndarray):
-            array, fps = video, 8.0
-            if array.ndim != 4 or array.shape[-1] != 3:
-                raise UserError(f"a video array must be (F, H, W, 3) uint8, got shape {array.shape}")
+        the selected part's duration. The part ``[config.start, config.start + config.duration)`` is
+        resampled uniformly in time (a file is streamed, keeping only those frames; arrays and tensors
+        count as 8 fps); each frame is scaled to cover ``height x width`` with its aspect ratio kept,
+        then centre-cropped."""
+        if isinstance(video, (torch.Tensor, np.ndarray)):
+            if isinstance(video, torch.Tensor):
+                frames = video.detach().float()
+                if frames.ndim != 4 or frames.shape[1] != 3:
+                    raise UserError(f"a video tensor must be (F, 3, H, W) in [-1, 1], got shape {tuple(frames.shape)}")
+                array = ((frames.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            else:
+                array = video
+                if array.ndim != 4 or array.shape[-1] != 3:
+                    raise UserError(f"a video array must be (F, H, W, 3) uint8, got shape {array.shape}")
+            if len(array) < 3:
+                raise UserError(f"the video needs at least 3 frames, got {len(array)}")
+            array, fps = select_frames(array, DEFAULT_FPS, config.num_frames, config.start, config.duration)
         else:
-            array, fps = read_frames(video)
-        if len(array) < 3:
-            raise UserError(f"the video needs at least 3 frames, got {len(array)}")
-        source_count = len(array)
-        array = resample_frames(array, config.num_frames)
-        frames = resize_and_crop(array, config.height, config.width)
-        return frames, fps * config.num_frames / source_count
+            array, fps = read_clip(video, config.num_frames, config.start, config.duration)
+        return resize_and_crop(array, config.height, config.width), fps
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
@@ -566,6 +566,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             source_prompt: describes the input; conditions the inversion and the reference features (default "").
             negative_prompt: unconditional branch of classifier-free guidance (default DMT's).
             num_frames: frames resampled from the input (default 24).
+            start, duration (keyword overrides): the part of the input used, in seconds: ``[start, start +
+                duration)`` (default 0 and ``None``, the whole clip); arrays and tensors count as 8 fps.
             height, width: output size, multiples of 8 (default 320 x 576).
             num_inference_steps: sampling steps, DDIM or (Wan) flow-matching Euler (default 50).
             guidance_scale: classifier-free guidance scale (default 10).

@@ -76,6 +76,10 @@ class SMAConfig:
     num_frames: int = 24
     height: int = 320
     width: int = 576
+    # The part of the input used, in seconds from its first frame: [start, start + duration), None = to
+    # the end. Only the frames the resampling keeps are decoded, so a long clip costs no more memory.
+    start: float = 0.0
+    duration: float | None = None
 
     # Prompts. The source prompt conditions the inversion and the reference features.
     source_prompt: str = ""
@@ -264,6 +268,9 @@ class SMAConfig:
             raise UserError(f"guidance_fraction must be between 0 and 1 (got {self.guidance_fraction})")
         if self.fps is not None:
             _require_float("fps", self.fps, positive=True)
+        _require_float("start", self.start, positive=False)
+        if self.duration is not None:
+            _require_float("duration", self.duration, positive=True)
         if self.inversion_steps > 1000 or self.num_inference_steps > 1000:
             raise UserError("inversion_steps and num_inference_steps must be at most 1000 (the model's timesteps)")
         if not self.feature_layers:

@@ -10,19 +10,21 @@ Conventions: clips on disk and in numpy are ``uint8 (F, H, W, 3)`` RGB; clips fe
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_writable_folder
 from .errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
@@ -40,7 +42,7 @@ MAX_DECODED_BYTES = 4 * 1024**3
 
 
 def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read a video file or a directory of images.
+    """Read every frame of a video file or a directory of images.
 
     Args:
         path: a video file (anything imageio/ffmpeg decodes, GIFs included) or a directory of
@@ -54,28 +56,268 @@ def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         UserError: the path is missing, unreadable, not a video, holds no images, mixes image
             sizes, or has fewer than 3 frames.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"input video not found: {path} — check the path")
-    if path.is_dir():
-        frames, fps = _read_image_dir(path), DEFAULT_FPS
-    else:
-        frames, fps = _read_video_file(path)
+    path = _existing(path)
+    with _decoding(path):
+        source = _open_source(path)
+        frames = _collect_frames(path, source.frames())
+    _check_same_size(path, frames, source.names(range(len(frames))))
     if len(frames) < MIN_FRAMES:
         raise UserError(
             f"input video {path} needs at least {MIN_FRAMES} frames, got {len(frames)} "
             "— use a longer clip"
         )
-    return np.stack(frames), fps
+    return np.stack(frames), source.fps
 
 
-def _read_video_file(path: Path) -> tuple[list[np.ndarray], float]:
-    """Decode every frame of a video file. Returns a list of uint8 (H, W, 3) and the fps."""
+def read_clip(
+    path: str | os.PathLike, num_frames: int, start: float = 0.0, duration: float | None = None
+) -> tuple[np.ndarray, float]:
+    """The part ``[start, start + duration)`` of a clip, resampled to ``num_frames`` frames, streamed.
+
+    The clip's frame count and rate come from its metadata first (frame ``i`` is at ``i / fps``
+    seconds from the first); :func:`selected_indices` then names the source frames that will be
+    used, and the decoder keeps only those while it runs (and stops after the last one), so memory
+    holds the kept frames, never the clip. Image directories read only the chosen images. When a
+    video's container misstates its frame count, the count found by decoding is used instead (a
+    second pass, still streaming).
+
+    Args:
+        path: as for :func:`read_frames`.
+        num_frames: frames returned, ``>= 1``.
+        start: seconds skipped at the clip's beginning, ``>= 0``.
+        duration: seconds used from ``start`` on (``None``: to the end), ``> 0``.
+
+    Returns:
+        ``(frames, fps)``: uint8 ``(num_frames, H, W, 3)``, and the frame rate at which they last as
+        long as the selected part (``source_fps * num_frames / selected_count``).
+
+    Raises:
+        UserError: as :func:`read_frames`, and when ``start`` lies beyond the clip's end or the
+            part holds fewer than 3 frames.
+    """
+    path = _existing(path)
+    with _decoding(path):
+        source = _open_source(path)
+        # A container's duration spans all its streams, so it may overstate the video (found while
+        # decoding, see _read_selection) but not understate it: a selection it rules out is refused now.
+        if source.count is None:
+            source.count_frames()
+        frames = _read_selection(path, source, num_frames, start, duration)
+    return frames, source.fps * num_frames / _part_length(source.count, source.fps, start, duration)
+
+
+def selected_indices(
+    count: int, fps: float, num_frames: int, start: float = 0.0, duration: float | None = None,
+    name: str = "the clip",
+) -> np.ndarray:
+    """Source frame indices kept from a clip of ``count`` frames at ``fps``: the frames whose time
+    ``i / fps`` lies in ``[start, start + duration)``, resampled uniformly as :func:`resample_frames`.
+
+    Returns:
+        int64 ``(num_frames,)``, non-decreasing.
+
+    Raises:
+        UserError: ``start`` is at or beyond the clip's end, or the part holds fewer than 3 frames.
+    """
+    first, stop = selection_range(count, fps, start, duration, name)
+    if stop - first < MIN_FRAMES:
+        if start == 0 and duration is None:
+            raise UserError(
+                f"input video {name} needs at least {MIN_FRAMES} frames, got {count} — use a longer clip"
+            )
+        part = f"--start {start:g}" + ("" if duration is None else f" --duration {duration:g}")
+        raise UserError(
+            f"{part} selects {stop - first} frame(s) of {name} ({fps:g} fps); at least {MIN_FRAMES} are "
+            "needed — select a longer part"
+        )
+    return first + np.round(np.linspace(0, stop - first - 1, num_frames)).astype(np.int64)
+
+
+def selection_range(
+    count: int, fps: float, start: float = 0.0, duration: float | None = None, name: str = "the clip"
+) -> tuple[int, int]:
+    """``(first, stop)``: the source frames ``first <= i < stop`` whose time ``i / fps`` lies in
+    ``[start, start + duration)`` (``duration`` ``None``: to the end), clipped to the clip."""
+    # Rounding before ceil: 0.3 s at 10 fps is frame 3, not 3.0000000000000004 -> 4.
+    first = math.ceil(round(start * fps, 6))
+    stop = count if duration is None else min(count, math.ceil(round((start + duration) * fps, 6)))
+    if first >= count:
+        raise UserError(
+            f"--start {start:g} is beyond the end of {name}, which lasts {count / fps:.3g} s ({count} frames "
+            f"at {fps:g} fps) — choose a start below {count / fps:.3g}"
+        )
+    return first, stop
+
+
+def select_frames(
+    frames: np.ndarray, fps: float, num_frames: int, start: float = 0.0, duration: float | None = None
+) -> tuple[np.ndarray, float]:
+    """:func:`read_clip` for a clip already in memory: ``(F, ...)`` -> ``(num_frames, ...)`` and the
+    fps that keeps the selected part's duration."""
+    index = selected_indices(len(frames), fps, num_frames, start, duration, "the video")
+    return frames[index], fps * num_frames / _part_length(len(frames), fps, start, duration)
+
+
+def _part_length(count: int, fps: float, start: float, duration: float | None) -> int:
+    """How many source frames the part ``[start, start + duration)`` holds."""
+    first, stop = selection_range(count, fps, start, duration)
+    return stop - first
+
+
+def _read_selection(
+    path: Path, source: "_Source", num_frames: int, start: float, duration: float | None
+) -> np.ndarray:
+    """Decode ``source`` once, keeping only the frames :func:`selected_indices` names; a second pass
+    when decoding finds another frame count than the container stated. Returns uint8 (N, H, W, 3)."""
+    for _ in range(2):
+        index = selected_indices(source.count, source.fps, num_frames, start, duration, str(path))
+        wanted = sorted(set(index.tolist()))
+        stated, count = not source.exact, source.count
+        # A stop taken from a stated frame count is only known once the decoder reaches the end.
+        stop_from_count = stated and selection_range(count, source.fps, start, duration)[1] == count
+        kept = source.pick(wanted, read_to_end=stop_from_count)
+        if not source.exact or source.count == count and len(kept) == len(wanted):
+            break  # stopped after the last wanted frame, or the stated count was right
+    missing = [i for i in wanted if i not in kept]
+    if missing:
+        raise UserError(f"could not read frame {missing[0]} of {path}: the decoder ended early — re-encode the clip")
+    _check_same_size(path, [kept[i] for i in wanted], source.names(wanted))
+    return np.stack([kept[i] for i in index.tolist()])
+
+
+class _Source:
+    """A clip's frames, decoded lazily. ``count`` (``None`` when unknown) and ``fps`` come from
+    metadata; ``exact`` says whether ``count`` was counted rather than stated by a container."""
+
+    def __init__(self, path: Path, count: int | None, fps: float, exact: bool) -> None:
+        self.path, self.count, self.fps, self.exact = path, count, fps, exact
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Every frame in order, as decoded (any dtype and channel layout)."""
+        raise NotImplementedError
+
+    def names(self, indices: Iterable[int]) -> list[str]:
+        """How error messages name these frames."""
+        return [f"frame {i}" for i in indices]
+
+    def count_frames(self) -> None:
+        """Decode to the end (keeping nothing) to learn the true frame count."""
+        self.count, self.exact = sum(1 for _ in self.frames()), True
+
+    def pick(self, wanted: list[int], read_to_end: bool = False) -> dict[int, np.ndarray]:
+        """Frames ``wanted`` (sorted) as RGB uint8, decoding in order and dropping the rest; stops
+        after the last one unless ``read_to_end``, where the decoder's frame count replaces ``count``."""
+        kept: dict[int, np.ndarray] = {}
+        budget = _FrameBudget(self.path, _KEPT_ADVICE)
+        targets, last, seen = set(wanted), wanted[-1], 0
+        frames = self.frames()
+        try:
+            for i, frame in enumerate(frames):
+                seen = i + 1
+                if i in targets:
+                    kept[i] = budget.add(_to_rgb(frame))
+                if i >= last and not read_to_end:
+                    return kept
+        finally:
+            frames.close()  # ends the decoder (an ffmpeg subprocess) when we stop early
+        self.count, self.exact = seen, True
+        return kept
+
+
+class _FfmpegSource(_Source):
+    """A video file through imageio-ffmpeg directly: it probes the content rather than trusting the
+    suffix, and closing its generator reliably ends the ffmpeg subprocess (imageio's v3 wrapper
+    leaves the reader open)."""
+
+    def __init__(self, path: Path) -> None:
+        stream = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        try:
+            meta = next(stream)
+        finally:
+            stream.close()
+        fps, seconds = meta.get("fps"), meta.get("duration")
+        fps = float(fps) if _positive_number(fps) else DEFAULT_FPS
+        count = round(seconds * fps) if _positive_number(seconds) else None
+        super().__init__(path, count, fps, exact=False)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        stream = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        try:
+            width, height = next(stream)["size"]  # size after ffmpeg auto-rotates phone videos
+            for buffer in stream:
+                yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+        finally:
+            stream.close()
+
+
+class _PillowSource(_Source):
+    """A GIF (or animated image) through Pillow; palette and RGBA frames come out as RGB."""
+
+    def __init__(self, path: Path) -> None:
+        with Image.open(path) as image:
+            count = getattr(image, "n_frames", 1)
+            # GIF frames each carry their own delay (ms); 0 means "unspecified" to most players. The
+            # clip is taken as evenly timed at their mean, for the selection as for the output fps.
+            durations = []
+            for i in range(count):
+                image.seek(i)
+                durations.append(image.info.get("duration") or 0)
+        durations = [d for d in durations if isinstance(d, (int, float)) and d > 0]
+        fps = 1000.0 / float(np.mean(durations)) if durations else DEFAULT_FPS
+        super().__init__(path, count, fps, exact=True)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        with iio.imopen(self.path, "r", plugin="pillow") as file:
+            yield from file.iter()
+
+
+class _FolderSource(_Source):
+    """A directory of images in natural order, at ``DEFAULT_FPS``; only the picked images are read."""
+
+    def __init__(self, path: Path) -> None:
+        self.files = sorted(
+            (p for p in path.iterdir()
+             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+            key=_natural_key,
+        )
+        if not self.files:
+            raise UserError(
+                f"no images found in {path} — put frames there as {'/'.join(IMAGE_EXTENSIONS)} files"
+            )
+        super().__init__(path, len(self.files), DEFAULT_FPS, exact=True)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        return (_read_image(p) for p in self.files)
+
+    def names(self, indices: Iterable[int]) -> list[str]:
+        return [self.files[i].name for i in indices]
+
+    def pick(self, wanted: list[int], read_to_end: bool = False) -> dict[int, np.ndarray]:
+        budget = _FrameBudget(self.path, _KEPT_ADVICE)
+        return {i: budget.add(_to_rgb(_read_image(self.files[i]))) for i in wanted}
+
+
+def _open_source(path: Path) -> _Source:
+    """The reader for ``path``: image folder, Pillow (GIFs, images) or ffmpeg (everything else)."""
+    if path.is_dir():
+        return _FolderSource(path)
+    if path.suffix.lower() == ".gif" or path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _PillowSource(path)
+    return _FfmpegSource(path)
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"input video not found: {path} — check the path")
+    return path
+
+
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn a decoder's exception into a one-line :class:`UserError`."""
     try:
-        if path.suffix.lower() == ".gif" or path.suffix.lower() in IMAGE_EXTENSIONS:
-            frames, fps = _read_with_pillow(path)
-        else:
-            frames, fps = _read_with_ffmpeg(path)
+        yield
     except UserError:
         raise
     except Exception as exc:  # decoders raise OSError, ValueError, struct.error, ... for junk
@@ -83,65 +325,35 @@ def _read_video_file(path: Path) -> tuple[list[np.ndarray], float]:
             f"could not read {path} as a video ({_first_line(exc)}) — "
             f"use a {'/'.join(VIDEO_EXTENSIONS)} file or a directory of images"
         ) from exc
-    _check_same_size(path, frames, [f"frame {i}" for i in range(len(frames))])
-    return frames, fps
 
 
-def _read_with_ffmpeg(path: Path) -> tuple[list[np.ndarray], float]:
-    """Decode with imageio-ffmpeg directly: it probes the content rather than trusting the
-    suffix, and closing its generator reliably ends the ffmpeg subprocess (imageio's v3 wrapper
-    leaves the reader open)."""
-    stream = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    try:
-        meta = next(stream)
-        width, height = meta["size"]  # size after ffmpeg auto-rotates phone videos
-        frames = (np.frombuffer(b, np.uint8).reshape(height, width, 3) for b in stream)
-        frames = _collect_frames(path, frames)
-    finally:
-        stream.close()
-    fps = meta.get("fps")
-    valid = isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0
-    return frames, float(fps) if valid else DEFAULT_FPS
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def _read_with_pillow(path: Path) -> tuple[list[np.ndarray], float]:
-    """Decode a GIF (or animated image); palette and RGBA frames come out as RGB."""
-    with iio.imopen(path, "r", plugin="pillow") as file:
-        frames = _collect_frames(path, file.iter())
-        # GIF frames each carry their own delay (ms); 0 means "unspecified" to most players.
-        durations = [file.metadata(index=i).get("duration") or 0 for i in range(len(frames))]
-    durations = [d for d in durations if isinstance(d, (int, float)) and d > 0]
-    return frames, 1000.0 / float(np.mean(durations)) if durations else DEFAULT_FPS
+_KEPT_ADVICE = "use fewer --frames or a smaller clip"
+
+
+class _FrameBudget:
+    """Counts the bytes of the frames kept, stopping before RAM runs out."""
+
+    def __init__(self, path: Path, advice: str = "trim it to a few seconds, e.g. ffmpeg -i in.mp4 -t 4 out.mp4") -> None:
+        self.path, self.advice, self.total = path, advice, 0
+
+    def add(self, frame: np.ndarray) -> np.ndarray:
+        self.total += frame.nbytes
+        if self.total > MAX_DECODED_BYTES:
+            raise UserError(
+                f"input video {self.path} is too long to load (over {MAX_DECODED_BYTES >> 30} GiB "
+                f"decoded) — {self.advice}"
+            )
+        return frame
 
 
 def _collect_frames(path: Path, frames: Iterable[np.ndarray]) -> list[np.ndarray]:
     """Convert frames to RGB uint8 while decoding, stopping before RAM runs out."""
-    out, total = [], 0
-    for frame in frames:
-        out.append(_to_rgb(frame))
-        total += out[-1].nbytes
-        if total > MAX_DECODED_BYTES:
-            raise UserError(
-                f"input video {path} is too long to load (over {MAX_DECODED_BYTES >> 30} GiB "
-                "decoded) — trim it to a few seconds, e.g. ffmpeg -i in.mp4 -t 4 out.mp4"
-            )
-    return out
-
-
-def _read_image_dir(path: Path) -> list[np.ndarray]:
-    """Read the images of a directory in natural order. Returns a list of uint8 (H, W, 3)."""
-    files = [
-        p for p in path.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    ]
-    if not files:
-        raise UserError(
-            f"no images found in {path} — put frames there as {'/'.join(IMAGE_EXTENSIONS)} files"
-        )
-    files.sort(key=_natural_key)
-    frames = _collect_frames(path, (_read_image(p) for p in files))
-    _check_same_size(path, frames, [p.name for p in files])
-    return frames
+    budget = _FrameBudget(path)
+    return [budget.add(_to_rgb(frame)) for frame in frames]
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -267,19 +479,20 @@ def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor
 
 
 def load_video(
-    path: str | os.PathLike, num_frames: int, height: int, width: int
+    path: str | os.PathLike, num_frames: int, height: int, width: int, start: float = 0.0,
+    duration: float | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Read, resample and resize a clip for the model.
+    """Read the part ``[start, start + duration)`` of a clip (:func:`read_clip`), resampled and resized
+    for the model.
 
     Returns:
         ``(video, fps)``: float32 ``(num_frames, 3, height, width)`` in ``[-1, 1]``, and the frame
-        rate at which the resampled clip lasts as long as the source
-        (``source_fps * num_frames / F``), so an output written at that rate moves at the
+        rate at which the resampled clip lasts as long as the selected part
+        (``source_fps * num_frames / selected_count``), so an output written at that rate moves at the
         source's speed.
     """
-    frames, fps = read_frames(path)
-    video = resize_and_crop(resample_frames(frames, num_frames), height, width)
-    return video, fps * num_frames / len(frames)
+    frames, fps = read_clip(path, num_frames, start, duration)
+    return resize_and_crop(frames, height, width), fps
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,11 +606,12 @@ def _pad_to_even(video: np.ndarray) -> np.ndarray:
 def check_output_path(
     output_path: str | os.PathLike, input_path: str | os.PathLike | None = None
 ) -> Path:
-    """Validate where a clip will be written, before any expensive work. Creates nothing.
+    """Validate where a clip will be written, before any expensive work. Creates nothing: a missing
+    folder is created by the write itself (:func:`~sma_guidance.atomic.atomic_write`).
 
     Raises:
         UserError: the output is the input file (however spelled), is a directory, has an
-            unsupported extension, or its directory is missing or not writable.
+            unsupported extension, or its folder cannot be created or written to.
 
     Returns:
         The output path (user ``~`` expanded).
@@ -414,14 +628,7 @@ def check_output_path(
             f"unsupported output format '{out.suffix or '(none)'}' for {out} — "
             f"use one of {', '.join(OUTPUT_EXTENSIONS)}"
         )
-    parent = out.parent
-    if not parent.is_dir():
-        raise UserError(f"output directory does not exist: {parent} — create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(
-            f"output directory is not writable: {parent} — choose another location or fix its "
-            "permissions"
-        )
+    check_writable_folder(out)
     return out
 
 
@@ -507,8 +714,7 @@ def save_image(image: np.ndarray, output_path: str | os.PathLike) -> str:
     path = Path(output_path).expanduser()
     if path.suffix.lower() != ".png":
         raise UserError(f"a picture must be written as .png, got {path}")
-    if not path.parent.is_dir():
-        raise UserError(f"output directory does not exist: {path.parent} — create it first")
+    check_writable_folder(path)
     with atomic_write(path) as tmp:
         iio.imwrite(tmp, np.ascontiguousarray(image), extension=".png")
     return str(path)

@@ -27,14 +27,14 @@ def test_options_take_the_run_commands_long_names_and_types(tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl",
                       {"input": "clips/a.mp4", "prompt": "a cat", "optimization-steps": 5, "no-restart": True,
                        "lambda-global": 0, "output": "out/a.mp4", "mode": "fine-tune", "side-by-side": True},
-                      {"input": "b.mp4", "prompt": "a dog", "restart": True, "cache": False})
+                      {"input": "b.mp4", "prompt": "a dog", "restart": True, "cache": False, "start": 30, "duration": 2.5})
     (tmp_path / "jobs.jsonl").write_text("# a comment\n\n" + jobs.read_text())
     first, second = read_jobs(jobs, cli.run_command)
     assert (first.line, second.line) == (3, 4)
     assert first.input == tmp_path / "clips" / "a.mp4" and first.prompt == "a cat"
     assert first.options == {"optimization_steps": 5, "restart_sampling": False, "lambda_global": 0.0,
                              "output": tmp_path / "out" / "a.mp4", "mode": "fine-tune", "side_by_side": True}
-    assert second.options == {"restart_sampling": True, "inversion_cache": False}
+    assert second.options == {"restart_sampling": True, "inversion_cache": False, "start": 30.0, "duration": 2.5}
 
 
 @pytest.mark.parametrize("line, message", [
@@ -105,6 +105,15 @@ def test_a_failing_job_does_not_stop_the_others_and_sets_the_exit_code(tmp_path)
     assert result.exit_code == 1
     assert "line 1: error: input not found" in result.output and "1 done, 0 already finished, 1 failed" in result.output
     assert (tmp_path / "clip.sma.mp4").is_file()
+
+
+def test_a_job_writes_into_missing_folders(tmp_path):
+    write_moving_square(tmp_path / "clip.mp4", num_frames=6)
+    jobs = write_jobs(tmp_path / "jobs.jsonl",
+                      {"input": "clip.mp4", "prompt": "a red car", "output": "new/deeper/red.mp4", "strip": True, **FAST})
+    result = CliRunner().invoke(main, ["batch", str(jobs), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["red.json", "red.mp4", "red.strip.png"]
 
 
 ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")

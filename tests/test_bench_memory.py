@@ -87,7 +87,7 @@ def test_component_configs_read_a_folder_without_weights(tmp_path):
 
 
 def test_cli_prints_the_table_and_writes_json(tmp_path):
-    out = tmp_path / "memory.json"
+    out = tmp_path / "new" / "deeper" / "memory.json"  # missing folders are created
     result = CliRunner().invoke(main, ["bench", "memory", "--model", "tiny-random", "--frames", "4", "--dtype", "float32",
                                        "--output", str(out)])
     assert result.exit_code == 0, result.output

@@ -238,6 +238,33 @@ def test_second_process_reuses_the_cached_inversion(moving_square_video, run_cli
     assert outputs[1]["timings"]["inversion_cached"] == 1.0, "the second run inverted the clip again"
 
 
+def test_missing_output_folders_are_created_for_every_output(tmp_path, monkeypatch):
+    """The video, its JSON, the side-by-side, the strip and a saved adapter, each into new nested folders."""
+    video = write_moving_square(tmp_path / "clip.mp4")
+    monkeypatch.chdir(tmp_path)
+    output, adapter = Path("new/deeper/result.mp4"), Path("adapters/a/b/motion.safetensors")
+    result = invoke([video, "--prompt", PROMPT, "-o", output, *FAST_ARGS, "--side-by-side", "--strip",
+                     "--mode", "fine-tune", "--train-steps", "1", "--save-adapter", adapter])
+    assert_success(result)
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "result.json", "result.mp4", "result.side_by_side.mp4", "result.strip.png"]
+    assert [p.name for p in adapter.parent.iterdir()] == ["motion.safetensors"]
+    assert read_frames(output)[0].shape == (FRAMES, SIZE, SIZE, 3)
+    assert load_record(output.with_suffix(".json"))["adapter"] == str(adapter)
+
+
+def test_start_and_duration_select_the_part_and_are_recorded(tmp_path):
+    video = write_moving_square(tmp_path / "clip.mp4")  # 10 frames at 8 fps
+    output = tmp_path / "part.mp4"
+    result = invoke([video, "--prompt", PROMPT, "-o", output, *FAST_ARGS, "--start", "0.25", "--duration", "0.75"])
+    assert_success(result)
+    record = load_record(output.with_suffix(".json"))
+    assert (record["config"]["start"], record["config"]["duration"]) == (0.25, 0.75)
+    # Frames 2..7 (times 0.25 to 0.875 s) are the part: 6 frames shown as 4 keep its 0.75 s.
+    assert record["fps"] == pytest.approx(8.0 * FRAMES / 6)
+    assert read_frames(output)[1] == pytest.approx(record["fps"], rel=0.05)
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
@@ -299,7 +326,12 @@ BAD_INPUTS = [
     ("output-is-input-respelled", _mkdirs("sub"), ["clip.mp4", "-o", "./sub/../clip.mp4"], "is the input"),
     ("output-is-input-hard-link", _hard_link, ["clip.mp4", "-o", "alias.mp4"], "is the input"),
     ("record-would-overwrite-input", _video_named_json, ["out.json", "-o", "out.mp4"], "overwrite the input"),
-    ("output-directory-missing", None, ["clip.mp4", "-o", "nowhere/out.mp4"], "does not exist"),
+    ("output-folder-under-a-file", _write_text("notes"), ["clip.mp4", "-o", "notes/out.mp4"], "is a file"),
+    # A new output folder is made only when the run writes: a bad input or model leaves none behind.
+    ("new-output-folder-bad-input", _two_frames("short.mp4"), ["short.mp4", "-o", "new/deep/out.mp4"], "at least 3 frames"),
+    ("new-output-folder-bad-model", None, ["clip.mp4", "-o", "new/deep/out.mp4", "--model", "nobody/no-such-model"],
+     "local Hugging Face cache"),
+    ("new-output-folder-bad-levels", None, ["clip.mp4", "-o", "new/out.mp4", "--levels", "5"], "too deep"),
     ("output-unsupported-extension", None, ["clip.mp4", "-o", "out.txt"], "unsupported output format"),
     ("output-is-a-directory", _mkdirs("outdir"), ["clip.mp4", "-o", "outdir"], "directory"),
     ("unknown-hub-model", None, ["clip.mp4", "--model", "nobody/no-such-model"], "local Hugging Face cache"),
@@ -321,6 +353,11 @@ BAD_INPUTS = [
      ["clip.mp4", "--config", "bad.json"], "bogus_key"),
     ("config-file-not-json", _write_text("broken.json", "num_inference_steps: 4\n"),
      ["clip.mp4", "--config", "broken.json"], "cannot read config file"),
+    ("start-beyond-the-end", None, ["clip.mp4", "--start", "2"], "beyond the end of clip.mp4, which lasts 1.25 s"),
+    ("start-negative", None, ["clip.mp4", "--start", "-1"], "start must not be negative"),
+    ("duration-zero", None, ["clip.mp4", "--duration", "0"], "duration must be positive"),
+    ("duration-nan", None, ["clip.mp4", "--duration", "nan"], "finite"),
+    ("part-too-short", None, ["clip.mp4", "--start", "0.5", "--duration", "0.2"], "selects 2 frame(s)"),
     ("empty-prompt", None, ["clip.mp4", "--prompt", ""], "prompt"),
     ("blank-prompt", None, ["clip.mp4", "--prompt", "   "], "prompt"),
 ]

@@ -59,6 +59,14 @@ def test_eval_missing_input_is_one_error_line(videos, tmp_path):
     _one_error_line(result, "not found")
 
 
-def test_eval_json_in_missing_folder_is_one_error_line(videos, tmp_path):
-    result = _invoke(["eval", *videos, "--json", tmp_path / "no" / "m.json"])
-    _one_error_line(result, "--json")
+def test_eval_json_in_missing_folder_creates_it(videos, tmp_path):
+    path = tmp_path / "new" / "deeper" / "m.json"
+    result = _invoke(["eval", *videos, "--json", path])
+    assert result.exit_code == 0, result.output
+    assert "motion_fidelity" in json.loads(path.read_text())["metrics"]
+
+
+def test_eval_json_under_a_file_is_one_error_line(videos, tmp_path):
+    (tmp_path / "notes").write_text("a file\n")
+    result = _invoke(["eval", *videos, "--json", tmp_path / "notes" / "m.json"])
+    _one_error_line(result, "is a file")

@@ -137,7 +137,11 @@ BAD_INPUTS = [
     ("save-adapter-with-adapter", _adapter("given.safetensors", {TINY_LAYER: torch.zeros(3, 3)}, ""),
      ["--mode", "fine-tune", "--adapter", "given.safetensors", "--save-adapter", "a.safetensors"], "needs a training run"),
     ("save-adapter-bin", None, ["--mode", "fine-tune", "--save-adapter", "a.bin"], "must end in .safetensors"),
-    ("save-adapter-missing-dir", None, ["--mode", "fine-tune", "--save-adapter", "nowhere/a.safetensors"], "does not exist"),
+    ("save-adapter-under-a-file", _text("notes"), ["--mode", "fine-tune", "--save-adapter", "notes/a.safetensors"],
+     "is a file"),
+    # The adapter's new folder is made when it is saved: a run refused before then leaves none.
+    ("save-adapter-new-folder-bad-steps", None,
+     ["--mode", "fine-tune", "--train-steps", "0", "--save-adapter", "new/a.safetensors"], "train_steps must be positive"),
     ("save-adapter-is-a-directory", _mkdir("dir.safetensors"), ["--mode", "both", "--save-adapter", "dir.safetensors"],
      "directory"),
 ]

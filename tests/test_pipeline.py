@@ -144,6 +144,19 @@ def test_end_to_end_shapes_determinism_and_history(pipe, clip):
     assert not np.array_equal(out.frames, other_seed.frames)
 
 
+def test_start_and_duration_select_the_part_of_an_array(pipe, clip):
+    config = pipe.default_config().replace(**FAST).validate()
+    # An array counts as 8 fps: [0.25 s, 0.75 s) holds frames 2 to 5 (at 0.25, 0.375, 0.5, 0.625 s).
+    part, fps = pipe.prepare_video(clip, config.replace(start=0.25, duration=0.5))
+    whole, _ = pipe.prepare_video(clip[2:6], config)
+    torch.testing.assert_close(part, whole)
+    assert fps == pytest.approx(8.0 * 4 / 4)
+    out = pipe(clip, "a red square", start=0.25, duration=0.5, **FAST)
+    assert (out.config["start"], out.config["duration"]) == (0.25, 0.5) and out.fps == pytest.approx(fps)
+    with pytest.raises(UserError, match="beyond the end of the video, which lasts 0.75 s"):
+        pipe(clip, "a red square", start=1.0, **FAST)
+
+
 def test_inversion_cache_hit_for_new_target_prompt(pipe, clip, tmp_path):
     first = pipe(clip, "a red square", **FAST)
     second = pipe(clip, "a blue circle", **FAST)

@@ -1,6 +1,10 @@
 """Tests for sma_guidance.video_io on small synthetic clips (a white square moving on black)."""
 
+import json
+import math
 import os
+import tracemalloc
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -9,14 +13,18 @@ import torch
 from PIL import Image
 
 from sma_guidance import video_io
+from sma_guidance.config import write_run_record
 from sma_guidance.errors import UserError
 from sma_guidance.video_io import (
     check_output_path,
     export_to_video,
+    frame_strip,
     load_video,
+    read_clip,
     read_frames,
     resample_frames,
     resize_and_crop,
+    save_image,
     side_by_side,
     to_uint8,
 )
@@ -268,13 +276,51 @@ def test_check_output_path_refuses_the_input(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name, message",
     [("out.avi", "unsupported output format"), ("out", "unsupported output format"),
-     ("missing/out.mp4", "does not exist")],
+     ("missing/out.avi", "unsupported output format")],
 )
 def test_check_output_path_errors(tmp_path, name, message):
     with pytest.raises(UserError, match=message) as info:
         check_output_path(tmp_path / name)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "missing").exists()
+
+
+def test_check_output_path_accepts_missing_folders_and_creates_nothing(tmp_path):
+    output = tmp_path / "new" / "deeper" / "out.mp4"
+    assert check_output_path(output) == output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_path_refuses_a_folder_under_a_file(tmp_path):
+    (tmp_path / "notes").write_text("a file, not a folder\n")
+    with pytest.raises(UserError, match="is a file") as info:
+        check_output_path(tmp_path / "notes" / "sub" / "out.mp4")
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_writers_create_missing_folders(tmp_path):
+    clip = moving_square()
+    video = export_to_video(clip, tmp_path / "a" / "b" / "out.mp4", fps=12)
+    assert read_frames(video)[0].shape == clip.shape
+    picture = save_image(frame_strip(clip), tmp_path / "c" / "d" / "strip.png")
+    assert iio.imread(picture).shape == frame_strip(clip).shape
+    record = write_run_record(tmp_path / "e" / "f" / "run.json", {"fps": 12})
+    assert json.loads(record.read_text()) == {"fps": 12}
+    assert no_temp_files(tmp_path / "a" / "b") and no_temp_files(tmp_path / "c" / "d")
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
+    (tmp_path / "kept").mkdir()
+
+    def failing_writer(video, path, fps):
+        path.write_bytes(b"half a video")
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(video_io, "_write", failing_writer)
+    with pytest.raises(UserError, match="could not write"):
+        export_to_video(moving_square(), tmp_path / "kept" / "new" / "deeper" / "out.mp4")
+    assert list((tmp_path / "kept").iterdir()) == []  # the existing folder stays, the new ones go
 
 
 def test_check_output_path_refuses_a_directory(tmp_path):
@@ -326,3 +372,143 @@ def test_frame_strip_lays_clips_in_rows_and_frames_in_columns(tmp_path):
     np.testing.assert_array_equal(iio.imread(path), image)
     with pytest.raises(UserError, match=r"\.png"):
         save_image(image, tmp_path / "strip.jpg")
+
+
+# ---------------------------------------------------------------- selecting a part (--start, --duration)
+
+BITS = 12  # frame indices up to 4095, one 16 x 16 block per bit
+
+
+def numbered_frames(count, first=0):
+    """uint8 (count, 64, 64, 3): frame i shows first + i in binary, white blocks for ones (codec-proof)."""
+    frames = np.zeros((count, 64, 64, 3), np.uint8)
+    for i in range(count):
+        for bit in range(BITS):
+            if (first + i) >> bit & 1:
+                row, col = divmod(bit, 4)
+                frames[i, 16 * row : 16 * row + 16, 16 * col : 16 * col + 16] = 255
+    return frames
+
+
+def frame_numbers(frames):
+    """The indices that :func:`numbered_frames` drew, read back from decoded frames."""
+    blocks = frames.mean(axis=-1).reshape(len(frames), 4, 16, 4, 16).mean(axis=(2, 4)).reshape(len(frames), 16)
+    return [sum(1 << bit for bit in range(BITS) if block[bit] > 127) for block in blocks]
+
+
+def expected_part(count, fps, num_frames, start, duration):
+    """The source indices to keep, computed directly: the frames whose time i / fps lies in the
+    window, then num_frames of them spread evenly (nearest, first and last kept)."""
+    end = math.inf if duration is None else start + duration
+    part = [i for i in range(count) if start - 1e-9 <= i / fps < end - 1e-9]
+    return [part[round(k * (len(part) - 1) / (num_frames - 1))] for k in range(num_frames)], len(part)
+
+
+def write_numbered(tmp_path, kind, count, fps):
+    """A numbered clip as .mp4, .gif or a folder of PNGs (read at the default 8 fps)."""
+    frames = numbered_frames(count)
+    if kind == "folder":
+        folder = tmp_path / "frames"
+        folder.mkdir()
+        for i, frame in enumerate(frames):
+            iio.imwrite(folder / f"frame_{i}.png", frame)
+        return folder, video_io.DEFAULT_FPS
+    return Path(export_to_video(frames, tmp_path / f"clip.{kind}", fps=fps)), fps
+
+
+@pytest.mark.parametrize("kind", ["mp4", "gif", "folder"])
+@pytest.mark.parametrize("start, duration, num_frames", [
+    (0.0, None, 8), (1.0, 2.0, 8), (0.3, 1.05, 5), (2.5, None, 12), (3.65, 10.0, 4),
+])
+def test_read_clip_keeps_the_frames_of_the_selected_part(tmp_path, kind, start, duration, num_frames):
+    path, fps = write_numbered(tmp_path, kind, 40, 10.0)
+    if kind == "folder" and start > 40 / fps:
+        pytest.skip("the folder's 8 fps clip ends before this start")
+    frames, out_fps = read_clip(path, num_frames, start=start, duration=duration)
+    expected, part_count = expected_part(40, fps, num_frames, start, duration)
+    assert frames.shape == (num_frames, 64, 64, 3)
+    assert frame_numbers(frames) == expected
+    assert out_fps == pytest.approx(fps * num_frames / part_count)  # the part's duration is kept
+
+
+def test_an_image_folder_reads_only_the_chosen_images(tmp_path):
+    folder, fps = write_numbered(tmp_path, "folder", 40, None)
+    expected, _ = expected_part(40, fps, 4, 1.0, 2.0)
+    for i in set(range(40)) - set(expected):
+        (folder / f"frame_{i}.png").write_bytes(NOISE)  # unreadable, but never opened
+    frames, _ = read_clip(folder, 4, start=1.0, duration=2.0)
+    assert frame_numbers(frames) == expected
+    with pytest.raises(UserError, match="could not read image"):
+        read_frames(folder)
+
+
+def test_select_frames_in_memory_matches_read_clip(tmp_path):
+    clip = numbered_frames(40)
+    frames, fps = video_io.select_frames(clip, 10.0, 6, start=0.3, duration=1.05)
+    expected, part_count = expected_part(40, 10.0, 6, 0.3, 1.05)
+    assert frame_numbers(frames) == expected and fps == pytest.approx(10.0 * 6 / part_count)
+
+
+def test_a_container_longer_than_its_video_is_counted_by_decoding(tmp_path):
+    """An audio track outlasting the video makes the container claim 5 s; the 3 s of video decide."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    video = export_to_video(numbered_frames(30), tmp_path / "video.mp4", fps=10)
+    path = tmp_path / "with_audio.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", video, "-f", "lavfi", "-i",
+                    "anullsrc=r=8000:cl=mono", "-t", "5", "-c:v", "copy", "-c:a", "aac", str(path)], check=True)
+    assert video_io._FfmpegSource(path).count == 50  # what the container states
+    frames, fps = read_clip(path, 5)
+    assert frame_numbers(frames) == expected_part(30, 10.0, 5, 0.0, None)[0]
+    assert fps == pytest.approx(10.0 * 5 / 30)
+    frames, _ = read_clip(path, 4, start=2.0, duration=2.0)  # the stated end lies beyond the video's
+    assert frame_numbers(frames) == expected_part(30, 10.0, 4, 2.0, 2.0)[0]
+    with pytest.raises(UserError, match=r"beyond the end of .* lasts 3 s \(30 frames at 10 fps\)"):
+        read_clip(path, 4, start=4.0)
+
+
+@pytest.mark.parametrize("start, duration, message", [
+    (5.0, None, r"--start 5 is beyond the end of .*clip.mp4, which lasts 4 s \(40 frames at 10 fps\)"),
+    (4.0, 1.0, "beyond the end"),
+    (3.9, None, "selects 1 frame"),
+    (1.0, 0.15, "selects 2 frame"),
+])
+def test_a_bad_selection_is_one_line(tmp_path, start, duration, message):
+    path, _ = write_numbered(tmp_path, "mp4", 40, 10.0)
+    with pytest.raises(UserError, match=message) as info:
+        read_clip(path, 8, start=start, duration=duration)
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def long_and_short_clips(tmp_path_factory):
+    """A 3000-frame (2 minutes at 25 fps) and a 50-frame numbered 64x64 clip."""
+    root = tmp_path_factory.mktemp("long")
+    return (export_to_video(numbered_frames(3000), root / "long.mp4", fps=25),
+            export_to_video(numbered_frames(50, first=1500), root / "short.mp4", fps=25))
+
+
+def peak_traced_bytes(function):
+    """Peak bytes Python and numpy allocated while ``function`` ran, and its result."""
+    tracemalloc.start()
+    try:
+        result = function()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_reading_a_part_of_a_long_clip_holds_only_the_kept_frames(long_and_short_clips):
+    long, short = long_and_short_clips
+    read_clip(short, 8)  # one-time costs (imports, caches) are not the reader's to hold
+    peak_long, (frames, fps) = peak_traced_bytes(lambda: read_clip(long, 8, start=60.0, duration=2.0))
+    assert frame_numbers(frames) == expected_part(3000, 25.0, 8, 60.0, 2.0)[0]
+    assert fps == pytest.approx(25.0 * 8 / 50)
+    peak_short, (same, _) = peak_traced_bytes(lambda: read_clip(short, 8))
+    assert frame_numbers(same) == frame_numbers(frames)  # the same 2 s, so the same work to keep
+    whole_clip = 3000 * 64 * 64 * 3
+    # 1500 frames are decoded before the part starts: none of them may stay in memory.
+    assert peak_long < peak_short + 64 * 64 * 3 * 4, (peak_long, peak_short)
+    assert peak_long < whole_clip / 20
