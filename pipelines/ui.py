@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -28,12 +29,12 @@ MODES = ("zero-shot", "fine-tune", "both")
 KNOBS = (
     ("frames", "num_frames", "Frames"),
     ("steps", "num_inference_steps", "Sampling steps"),
-    ("inversion_steps", "inversion_steps", "Inversion steps (a multiple of the sampling steps)"),
+    ("inversion_steps", "inversion_steps", "Inversion steps (× sampling steps)"),
     ("guidance_scale", "guidance_scale", "Guidance scale"),
-    ("optimization_steps", "optimization_steps", "Optimization steps per guided step"),
+    ("optimization_steps", "optimization_steps", "Optimization steps"),
     ("lambda_global", "lambda_global", "λ global (wavelet term)"),
     ("lambda_local", "lambda_local", "λ local (FFT term)"),
-    ("train_steps", "train_steps", "Fine-tune steps (modes fine-tune, both)"),
+    ("train_steps", "train_steps", "Fine-tune steps"),
     ("seed", "seed", "Seed"),
 )
 INTEGER_KNOBS = {"frames", "steps", "inversion_steps", "optimization_steps", "train_steps", "seed"}
@@ -59,12 +60,17 @@ def sample_clips() -> dict[str, Path]:
 
 
 def preset_values(model: str | None) -> list[Any]:
-    """The knobs' values in ``model``'s preset (SMAConfig's defaults, the family's and the model's
-    presets), or blanks when the model cannot be told without loading it (it then decides at run time)."""
+    """The knobs' values in ``model``'s preset (SMAConfig's defaults, the family's and the model's presets),
+    or blanks when its family is unknown until it loads (a Hub id not in the local cache): filled-in base
+    defaults would then override the family's preset (e.g. Wan's 4k + 1 frames) at run time."""
     from cli import build_config
+    from pipelines.backbones import model_family
 
+    model = (model or "").strip() or SMAConfig().model
+    if model_family(model) is None:
+        return [None] * len(KNOBS)
     try:
-        config = build_config(None, {"model": model or None})
+        config = build_config(None, {"model": model})
     except UserError:
         return [None] * len(KNOBS)
     return [getattr(config, field) for _, field, _ in KNOBS]
@@ -151,10 +157,13 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                 mode = gr.Radio(list(MODES), value="zero-shot", label="Mode", elem_id="mode")
                 adapter = gr.File(label="Motion adapter to reuse (.safetensors, optional)", file_types=[".safetensors"],
                                   type="filepath", elem_id="adapter")
+                knobs = []
                 with gr.Accordion("Settings", open=True):
-                    knobs = [gr.Number(value=value, label=label, precision=0 if name in INTEGER_KNOBS else None,
-                                       elem_id=name.replace("_", "-"))
-                             for (name, _, label), value in zip(KNOBS, preset_values(model))]
+                    presets = list(zip(KNOBS, preset_values(model)))
+                    for row in range(0, len(presets), 3):
+                        with gr.Row():
+                            knobs += [gr.Number(value=value, label=label, precision=0 if name in INTEGER_KNOBS else None,
+                                                elem_id=name.replace("_", "-")) for (name, _, label), value in presets[row:row + 3]]
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column():
                 comparison = gr.Video(label="Input | output", interactive=False, elem_id="comparison")

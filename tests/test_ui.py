@@ -83,6 +83,8 @@ def test_knobs_start_at_the_models_preset():
         config = SMAConfig.for_model(model)
         assert preset_values(model) == [getattr(config, field) for _, field, _ in KNOBS]
     assert preset_values("shapes") != preset_values("tiny-random")  # 25 vs 50 steps: the page follows the model
+    # A model whose family shows only once it loads: blanks, so that its family's preset decides then.
+    assert preset_values("example-org/not-in-the-cache") == [None] * len(KNOBS)
 
 
 # ---------------------------------------------------------------------------------------- errors
