@@ -3,6 +3,7 @@
     sma-guide input.mp4 --prompt "a car driving in a forest"          # writes input.sma.mp4 + input.sma.json
     sma-guide input.mp4 --prompt "..." --model tiny-random -o out.mp4  # ~20 s on 2 CPU cores (output is noise)
     sma-guide input.mp4 --prompt "..." --model BASE --motion-adapter ADAPTER   # AnimateDiff (SD 1.5 + adapter)
+    sma-guide ui                                                       # the same in a local web page
 
 Every default comes from :class:`sma_guidance.config.SMAConfig` (DMT's published settings for Zeroscope,
 SMA's λg = 0.4, λl = 0.2), overridden in turn by the model family's preset (detected from the model's
@@ -174,7 +175,7 @@ def transfer(
 
     config = build_config(config_file, flags)
     if not prompt.strip():
-        raise UserError("--prompt is empty; describe what the output should show")
+        raise UserError("the prompt is empty; describe what the output should show")
     if not input_path.exists():
         raise UserError(f"input not found: {input_path} — check the path")
     read_clip(input_path, config.num_frames, config.start, config.duration)  # fail before the (slow) model load
@@ -284,6 +285,21 @@ def check_output_path_record(path: Path, input_path: Path) -> Path:
     if path.exists() and input_path.exists() and os.path.samefile(path, input_path):
         raise UserError(f"the run record {path} would overwrite the input; choose another -o")
     return path
+
+
+@main.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every network interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--model", default="shapes", show_default=True, help="The model the page starts with (any --model of `sma-guide run`).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@reports_user_errors
+def ui_command(host: str, port: int, model: str, device: str) -> None:
+    """A local web page: upload a clip or pick a sample, set the prompt, model, mode and knobs, follow the
+    progress, watch the side-by-side and download the video, its JSON and a trained adapter.
+    Needs the ui extra: pip install -e ".[ui]"."""
+    from pipelines.ui import launch
+
+    launch(host, port, model, device)
 
 
 @main.command("eval")

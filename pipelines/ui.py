@@ -1,0 +1,192 @@
+"""``sma-guide ui``: a local web page (Gradio) for one motion transfer at a time.
+
+Upload a clip or pick a bundled sample, write the prompts, choose the model, the mode and the main
+knobs, press Run: a progress bar follows the pipeline's own steps, and the page shows the (input |
+output) clip and offers the output video, its JSON record and, after a fine-tune, the motion adapter to
+download. The work is the CLI's :func:`cli.transfer`, so a page run writes exactly the files of
+``sma-guide INPUT --side-by-side`` (into a fresh temporary folder per run).
+
+Gradio is an optional extra (``pip install -e ".[ui]"``): it is imported here only, never by the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sma_guidance.config import SMAConfig
+from sma_guidance.errors import UserError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+MODELS = ("shapes", "tiny-random", "tiny-random-animatediff", "tiny-random-wan")
+MODES = ("zero-shot", "fine-tune", "both")
+# The knobs on the page: (`sma-guide run` flag name, SMAConfig field, label). Their values start as the
+# chosen model's preset and are passed to `transfer` as that flag; a blank one keeps the preset.
+KNOBS = (
+    ("frames", "num_frames", "Frames"),
+    ("steps", "num_inference_steps", "Sampling steps"),
+    ("inversion_steps", "inversion_steps", "Inversion steps (× sampling steps)"),
+    ("guidance_scale", "guidance_scale", "Guidance scale"),
+    ("optimization_steps", "optimization_steps", "Optimization steps"),
+    ("lambda_global", "lambda_global", "λ global (wavelet term)"),
+    ("lambda_local", "lambda_local", "λ local (FFT term)"),
+    ("train_steps", "train_steps", "Fine-tune steps"),
+    ("seed", "seed", "Seed"),
+)
+INTEGER_KNOBS = {"frames", "steps", "inversion_steps", "optimization_steps", "train_steps", "seed"}
+# Local fonts: the default theme links Google Fonts, which an offline machine cannot reach.
+_FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
+
+log = logging.getLogger(__name__)
+
+
+def import_gradio() -> Any:
+    """Gradio, or a one-line :class:`UserError` telling how to install it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
+    try:
+        import gradio
+    except ImportError:
+        raise UserError('the web page needs gradio: pip install -e ".[ui]"') from None
+    return gradio
+
+
+def sample_clips() -> dict[str, Path]:
+    """The bundled sample clips by file name (none when the package is installed without ``samples/``)."""
+    return {path.name: path for path in sorted(SAMPLES.glob("*.mp4"))}
+
+
+def preset_values(model: str | None) -> list[Any]:
+    """The knobs' values in ``model``'s preset (SMAConfig's defaults, the family's and the model's presets),
+    or blanks when its family is unknown until it loads (a Hub id not in the local cache): filled-in base
+    defaults would then override the family's preset (e.g. Wan's 4k + 1 frames) at run time."""
+    from cli import build_config
+    from pipelines.backbones import model_family
+
+    model = (model or "").strip() or SMAConfig().model
+    if model_family(model) is None:
+        return [None] * len(KNOBS)
+    try:
+        config = build_config(None, {"model": model})
+    except UserError:
+        return [None] * len(KNOBS)
+    return [getattr(config, field) for _, field, _ in KNOBS]
+
+
+@dataclass
+class RunFiles:
+    """What a page run wrote, all in ``folder``."""
+
+    folder: Path
+    output: Path
+    record: Path
+    comparison: Path
+    adapter: Path | None
+
+
+def run_transfer(
+    video: str | Path | None,
+    prompt: str,
+    source_prompt: str | None,
+    model: str | None,
+    mode: str,
+    adapter: str | Path | None,
+    knobs: dict[str, Any],
+    device: str = "auto",
+    pipelines: dict[tuple[str | None, ...], Any] | None = None,
+    show_progress: bool = True,
+) -> RunFiles:
+    """One run of :func:`cli.transfer` into a new temporary folder, with the side-by-side clip, and the
+    trained adapter saved when the run fine-tunes. ``pipelines`` caches loaded models across runs."""
+    from cli import _comparison_path, _record_path, build_config, transfer
+
+    if not video:
+        raise UserError("no input clip: upload a video or pick a bundled sample")
+    values = {name: (int(value) if name in INTEGER_KNOBS else float(value)) for name, value in knobs.items()
+              if value is not None}
+    flags = {"model": (model or "").strip() or None, "source_prompt": source_prompt or None, "mode": mode,
+             "adapter": adapter or None, "device": device, **values}
+    trains = build_config(None, flags).trains  # fails here, before a folder is made, on bad settings
+    folder = Path(tempfile.mkdtemp(prefix="sma-guide-ui-"))
+    output = folder / f"{Path(video).stem}.sma.mp4"
+    save_adapter = folder / "motion.safetensors" if trains else None
+    transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
+    return RunFiles(folder, output, _record_path(output), _comparison_path(output), save_adapter)
+
+
+def build_app(model: str = "shapes", device: str = "auto") -> Any:
+    """The page, a ``gradio.Blocks`` (not yet launched); ``model`` is the model it starts with."""
+    gr = import_gradio()
+    pipelines: dict[tuple[str | None, ...], Any] = {}  # one load per model for the life of the page
+    samples = sample_clips()
+
+    # Gradio finds the progress tracker only among named positional parameters, hence one per knob.
+    def on_run(video: str | None, prompt: str, source_prompt: str, chosen_model: str, mode: str, adapter: str | None,
+               frames: int | None, steps: int | None, inversion_steps: int | None, guidance_scale: float | None,
+               optimization_steps: int | None, lambda_global: float | None, lambda_local: float | None,
+               train_steps: int | None, seed: int | None, progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+        knobs = dict(frames=frames, steps=steps, inversion_steps=inversion_steps, guidance_scale=guidance_scale,
+                     optimization_steps=optimization_steps, lambda_global=lambda_global, lambda_local=lambda_local,
+                     train_steps=train_steps, seed=seed)
+        try:
+            files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines)
+        except UserError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        except Exception as err:  # noqa: BLE001 — the page shows a message; the server log keeps the traceback
+            log.exception("sma-guide ui: the run failed")
+            raise gr.Error(f"the run failed: {type(err).__name__}: {err}", print_exception=False) from None
+        adapter_file = str(files.adapter) if files.adapter is not None else None
+        return (str(files.comparison), str(files.output), str(files.record),
+                gr.update(value=adapter_file, visible=adapter_file is not None))
+
+    with gr.Blocks(title="sma-guide", analytics_enabled=False) as app:
+        gr.Markdown("# sma-guide: motion transfer\nThe motion of the clip, the content of the prompt "
+                    "(Spectral Motion Alignment on DMT). Defaults are the model's preset.")
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Input clip", sources=["upload"], elem_id="input-video")
+                sample = gr.Dropdown(list(samples), value=None, label="…or a bundled sample", elem_id="sample")
+                prompt = gr.Textbox(label="Prompt: what the output shows", elem_id="prompt",
+                                    placeholder="a yellow square on a gray background")
+                source_prompt = gr.Textbox(label="Source prompt: what the input shows (optional)", elem_id="source-prompt")
+                chosen_model = gr.Dropdown(list(dict.fromkeys((model, *MODELS))), value=model, allow_custom_value=True,
+                                           label="Model (or a Hub id / local diffusers folder)", elem_id="model")
+                mode = gr.Radio(list(MODES), value="zero-shot", label="Mode", elem_id="mode")
+                adapter = gr.File(label="Motion adapter to reuse (.safetensors, optional)", file_types=[".safetensors"],
+                                  type="filepath", elem_id="adapter")
+                knobs = []
+                with gr.Accordion("Settings", open=True):
+                    presets = list(zip(KNOBS, preset_values(model)))
+                    for row in range(0, len(presets), 3):
+                        with gr.Row():
+                            knobs += [gr.Number(value=value, label=label, precision=0 if name in INTEGER_KNOBS else None,
+                                                elem_id=name.replace("_", "-")) for (name, _, label), value in presets[row:row + 3]]
+                run = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Column():
+                comparison = gr.Video(label="Input | output", interactive=False, elem_id="comparison")
+                output = gr.Video(label="Output video", interactive=False, buttons=["download"], elem_id="output-video")
+                record = gr.File(label="Run record (JSON)", interactive=False, elem_id="record")
+                adapter_out = gr.File(label="Trained motion adapter (reuse it above)", interactive=False,
+                                      visible=False, elem_id="adapter-out")
+        sample.change(lambda name: str(samples[name]) if name else None, sample, video)
+        chosen_model.change(preset_values, chosen_model, knobs)
+        run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs],
+                  [comparison, output, record, adapter_out])
+    app.on_run = on_run  # for tests: the handler, without a browser
+    return app
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, model: str = "shapes", device: str = "auto") -> None:
+    """Serve the page at http://HOST:PORT until Ctrl-C (local only: no share link)."""
+    gr = import_gradio()
+    app = build_app(model, device)
+    try:
+        app.queue(default_concurrency_limit=1).launch(  # one run at a time: the cached pipelines are not thread-safe
+            server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
+            pwa=False, allowed_paths=[str(SAMPLES)], theme=gr.themes.Default(**_FONTS), footer_links=[],
+        )
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port} ({err}); choose another --port or --host") from None
