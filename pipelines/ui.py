@@ -26,10 +26,12 @@ MODELS = ("shapes", "tiny-random", "tiny-random-animatediff", "tiny-random-wan")
 MODES = ("zero-shot", "fine-tune", "both")
 # The knobs on the page: (`sma-guide run` flag name, SMAConfig field, label). Their values start as the
 # chosen model's preset and are passed to `transfer` as that flag; a blank one keeps the preset.
+# Inversion steps start blank: a count the user did not set is fitted to the sampling steps, as on the CLI.
+UNSET_KNOBS = {"inversion_steps"}
 KNOBS = (
     ("frames", "num_frames", "Frames"),
     ("steps", "num_inference_steps", "Sampling steps"),
-    ("inversion_steps", "inversion_steps", "Inversion steps (× sampling steps)"),
+    ("inversion_steps", "inversion_steps", "Inversion steps (blank: fitted to the sampling steps)"),
     ("guidance_scale", "guidance_scale", "Guidance scale"),
     ("optimization_steps", "optimization_steps", "Optimization steps"),
     ("lambda_global", "lambda_global", "λ global (wavelet term)"),
@@ -73,7 +75,7 @@ def preset_values(model: str | None) -> list[Any]:
         config = build_config(None, {"model": model})
     except UserError:
         return [None] * len(KNOBS)
-    return [getattr(config, field) for _, field, _ in KNOBS]
+    return [None if name in UNSET_KNOBS else getattr(config, field) for name, field, _ in KNOBS]
 
 
 @dataclass

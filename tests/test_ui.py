@@ -64,6 +64,12 @@ def test_run_writes_the_video_its_record_and_the_side_by_side():
     assert files.adapter is None  # zero-shot trains nothing
 
 
+def test_a_blank_inversion_count_is_fitted_to_the_sampling_steps():
+    knobs = {"frames": 4, "steps": 3, "optimization_steps": 1}  # the preset's 20 inversion steps miss 3-step sampling
+    files = run_transfer(SAMPLE, PROMPT, None, "tiny-random", "zero-shot", None, knobs, device="cpu", show_progress=False)
+    assert json.loads(files.record.read_text())["config"]["inversion_steps"] == 27  # as tests/test_step_counts.py
+
+
 def test_fine_tune_saves_an_adapter_the_next_run_reuses_with_one_loaded_model():
     pipelines: dict = {}
     trained = run_transfer(SAMPLE, PROMPT, "", "tiny-random", "fine-tune", None, FAST_KNOBS, device="cpu",
@@ -81,8 +87,9 @@ def test_fine_tune_saves_an_adapter_the_next_run_reuses_with_one_loaded_model():
 def test_knobs_start_at_the_models_preset():
     for model in ("shapes", "tiny-random"):
         config = SMAConfig.for_model(model)
-        assert preset_values(model) == [getattr(config, field) for _, field, _ in KNOBS]
-    assert preset_values("shapes") != preset_values("tiny-random")  # 25 vs 50 steps: the page follows the model
+        expected = [None if name == "inversion_steps" else getattr(config, field) for name, field, _ in KNOBS]
+        assert preset_values(model) == expected  # inversion steps blank: fitted to the sampling steps
+    assert preset_values("shapes") != preset_values("tiny-random")  # 25 vs 20 steps: the page follows the model
     # A model whose family shows only once it loads: blanks, so that its family's preset decides then.
     assert preset_values("example-org/not-in-the-cache") == [None] * len(KNOBS)
 
