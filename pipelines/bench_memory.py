@@ -24,26 +24,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLWan, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, MotionAdapter, UNet2DConditionModel
 from torch._subclasses.fake_tensor import FakeTensorMode
-from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel
+from transformers import CLIPTextConfig, UMT5Config
 
 from sma_guidance.config import CHECKPOINTING, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import TensorMemory
 
 from .backbones import BACKBONES, BUILTIN_MODELS, backbone_of
-from .backbones.wan import (
-    UMT5_XXL_CONFIG,
-    WAN_ARCH,
-    WAN_TRANSFORMER_CONFIG,
-    WAN_VAE_CONFIG,
-    build_tiny_t5_tokenizer,
-    flow_scheduler,
-)
+from .backbones.wan import UMT5_XXL_CONFIG, WAN_ARCH, WAN_TRANSFORMER_CONFIG, WAN_VAE_CONFIG
 from .backbones.animatediff import (
     ANIMATEDIFF_ARCH,
     MOTION_ADAPTER_CONFIG,
@@ -56,11 +50,9 @@ from .backbones.animatediff import (
 from .components import (
     BUNDLED_MODELS,
     ZEROSCOPE_ARCH,
-    ZEROSCOPE_SCHEDULER_CONFIG,
     ZEROSCOPE_TEXT_CONFIG,
     ZEROSCOPE_UNET_CONFIG,
     ZEROSCOPE_VAE_CONFIG,
-    build_tiny_tokenizer,
 )
 from .samplers import sampler_for
 from .sma_pipeline import SMAMotionTransferPipeline
@@ -88,8 +80,6 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
                 "vae": dict(parts["vae"].config), "text_encoder": parts["text_encoder"].config}
     source = str(BUNDLED_MODELS.get(model, model))
     try:
-        from pathlib import Path
-
         local = Path(source).expanduser()
         wan = (local / "transformer").is_dir() if local.is_dir() else _has_transformer(source)
         if wan:  # a Wan folder (WanPipeline layout): configs of the transformer, its VAE and UMT5
@@ -145,19 +135,17 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def _fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, scheduler: Any) -> SMAMotionTransferPipeline:
     """The pipeline with shape-only components in ``dtype`` (call inside ``FakeTensorMode``); the
-    scheduler is made outside it, so that its timesteps are real numbers. Wan's VAE stays in float32,
-    as its loader keeps it."""
+    scheduler is made outside it, so that its timesteps are real numbers. The VAE takes the family's
+    own dtype where it has one (Wan's stays in float32, as its loader keeps it)."""
     backbone = BACKBONES[configs["family"]]
+    vae_type, text_encoder_type = backbone.component_types()
     with _default_dtype(dtype):
         denoiser = backbone.unet_type.from_config(configs["unet"]).eval()
-        if configs["family"] == "wan":
-            text_encoder, tokenizer = UMT5EncoderModel(configs["text_encoder"]).eval(), build_tiny_t5_tokenizer()
-        else:
-            text_encoder, tokenizer = CLIPTextModel(configs["text_encoder"]).eval(), build_tiny_tokenizer()
-    with _default_dtype(torch.float32 if configs["family"] == "wan" else dtype):
-        vae = (AutoencoderKLWan if configs["family"] == "wan" else AutoencoderKL).from_config(configs["vae"]).eval()
+        text_encoder = text_encoder_type(configs["text_encoder"]).eval()
+    with _default_dtype(backbone.vae_dtype or dtype):
+        vae = vae_type.from_config(configs["vae"]).eval()
     return SMAMotionTransferPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=backbone.placeholder_tokenizer(), scheduler=scheduler,
         **{backbone.denoiser_component: denoiser},
     )
 
@@ -225,7 +213,7 @@ def estimate_memory(
     :func:`component_configs` when already read. Returns a JSON-ready record."""
     configs = configs or component_configs(model, config.motion_adapter)
     backbone = BACKBONES[configs["family"]]
-    scheduler = flow_scheduler() if configs["family"] == "wan" else DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+    scheduler = backbone.default_scheduler()
     sampler = sampler_for(scheduler)
     t = sampler.timesteps(config.num_inference_steps)[0]  # real numbers: set before the fake mode
     with FakeTensorMode(allow_non_fake_inputs=True):

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sma_guidance.errors import UserError
 
-from .inversion import check_timesteps_covered, ddim_invert
+from .inversion import check_timesteps_covered, ddim_invert, inversion_timesteps
 
 ModelFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (latents, t, embedding) -> output
 Progress = Callable[[int], object] | None
@@ -47,8 +47,6 @@ class DDIMSampler:
     def fitting_inversion_steps(self, preferred: int, num_inference_steps: int) -> int:
         """The inversion step count closest to ``preferred`` (the larger one on a tie: more accurate)
         whose DDIM grid passes through every sampling timestep."""
-        from .inversion import inversion_timesteps
-
         needed = set(self.timesteps(num_inference_steps))
         config = dict(self.scheduler.config)
         most = int(config.get("num_train_timesteps", 1000))
@@ -77,8 +75,6 @@ class DDIMSampler:
 
     def inversion_steps_run(self, inversion_steps: int, t_max: float) -> int:
         """How many model calls the inversion makes to reach ``t_max``."""
-        from .inversion import inversion_timesteps
-
         return sum(1 for t in inversion_timesteps(dict(self.scheduler.config), inversion_steps).tolist() if t <= t_max)
 
 
@@ -99,8 +95,7 @@ class FlowMatchSampler:
         self.scheduler = scheduler
         self.shift = float(scheduler.config.get("shift", 1.0))
         self.num_train_timesteps = int(scheduler.config.get("num_train_timesteps", 1000))
-        self._sigma_of: dict[float, float] = {}
-        self._next: dict[float, float] = {}
+        self._sigmas_of: dict[float, tuple[float, float]] = {}  # sampling timestep -> (σ, next σ)
 
     def sigmas(self, steps: int) -> list[float]:
         """``steps + 1`` sigmas from the noisiest down to 0 (``i / steps`` is computed first, so that a
@@ -115,9 +110,7 @@ class FlowMatchSampler:
     def timesteps(self, num_inference_steps: int) -> list[float]:
         sigmas = self.sigmas(num_inference_steps)
         timesteps = [sigma * self.num_train_timesteps for sigma in sigmas[:-1]]
-        # the next sigma of each timestep: what one Euler step moves to
-        self._next = dict(zip(timesteps, sigmas[1:]))
-        self._sigma_of = dict(zip(timesteps, sigmas[:-1]))
+        self._sigmas_of = dict(zip(timesteps, zip(sigmas, sigmas[1:])))  # one Euler step moves to the next σ
         return timesteps
 
     def fitting_inversion_steps(self, preferred: int, num_inference_steps: int) -> int:
@@ -134,9 +127,9 @@ class FlowMatchSampler:
 
     def step(self, model_output: torch.Tensor, t: float, latents: torch.Tensor) -> torch.Tensor:
         """One Euler step from ``t`` to the next sampling sigma: ``x + (σ_next − σ) v``."""
-        if t not in self._sigma_of:
+        if t not in self._sigmas_of:
             raise RuntimeError(f"t={t} is not a sampling timestep; call timesteps(n) first")
-        sigma, sigma_next = self._sigma_of[t], self._next[t]
+        sigma, sigma_next = self._sigmas_of[t]
         return latents + (sigma_next - sigma) * model_output.to(latents.dtype)
 
     def renoise(self, latents: torch.Tensor, t_from: float, t_to: float, generator: torch.Generator) -> torch.Tensor:

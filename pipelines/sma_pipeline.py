@@ -452,10 +452,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
         config = (config or self.default_config()).replace(**explicit, **overrides).validate()
         self.backbone.check(self, config)
-        if not chosen:
-            config = self.fit_inversion_steps(config)
-        self.sampler.check(config.inversion_steps, config.num_inference_steps)
-        return config
+        if chosen:
+            self.sampler.check(config.inversion_steps, config.num_inference_steps)
+            return config
+        return self.fit_inversion_steps(config)  # passes the check by construction
 
     def fit_inversion_steps(self, config: SMAConfig) -> SMAConfig:
         """``config`` with an inversion step count that passes through its sampling timesteps: its own

@@ -35,13 +35,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _make_parents(path: Path) -> list[Path]:
-    """Create the missing folders above ``path``; return those created, deepest first."""
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
     missing = []
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
+    return missing
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; return those created, deepest first."""
+    missing = _missing_folders(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return missing
 
@@ -55,10 +61,8 @@ def check_writable_folder(path: str | os.PathLike, what: str = "output") -> Path
     Raises:
         UserError: the ancestor is a file, or not writable.
     """
-    parent = Path(path).expanduser().parent
-    nearest = parent
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
+    missing = _missing_folders(Path(path).expanduser())
+    nearest = missing[-1].parent if missing else Path(path).expanduser().parent
     if not nearest.is_dir():
         raise UserError(f"cannot create the folder of {what} {path}: {nearest} is a file — choose another path")
     if not os.access(nearest, os.W_OK | os.X_OK):

@@ -83,3 +83,12 @@ def run_cli(offline_env):
         )
 
     return run
+
+
+def quiet_pipeline(model: str, device: str = "cpu", **kwargs):
+    """``SMAMotionTransferPipeline.load(model)`` on the CPU with its progress bars off, as the tests use it."""
+    from pipelines import SMAMotionTransferPipeline
+
+    pipe = SMAMotionTransferPipeline.load(model, device=device, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

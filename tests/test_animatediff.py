@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from diffusers import MotionAdapter as DiffusersMotionAdapter
 
 import pipelines.sma_pipeline as sma_pipeline_module
-from conftest import write_moving_square
+from conftest import quiet_pipeline, write_moving_square
 from pipelines import SMAMotionTransferPipeline
 from pipelines.backbones import BACKBONES, detect_backbone, model_family
 from pipelines.backbones.animatediff import (
@@ -37,9 +37,7 @@ FAST_ARGS = ["--model", TINY, "--steps", "4", "--inversion-steps", "4", "--optim
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load(TINY, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline(TINY)
 
 
 @pytest.fixture()
@@ -161,8 +159,7 @@ def test_fine_tune_trains_the_motion_modules_attention_and_records_the_family(pi
 
 
 def test_an_adapter_of_another_family_is_refused(pipe, clip, tmp_path):
-    zeroscope = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    zeroscope.set_progress_bar_config(disable=True)
+    zeroscope = quiet_pipeline("tiny-random")
     adapter = zeroscope.train_motion(clip, train_steps=1, num_frames=4)
     path = adapter.save(tmp_path / "zeroscope.safetensors")
     assert MotionAdapter.load(path).family == "zeroscope"

@@ -7,7 +7,6 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipelines import SMAMotionTransferPipeline
 from pipelines.bench_memory import (
     component_configs,
     estimate_memory,
@@ -18,6 +17,7 @@ from pipelines.components import ZEROSCOPE_UNET_CONFIG
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import TensorMemory
+from conftest import quiet_pipeline
 
 FAST = {"num_frames": 4, "num_inference_steps": 4, "inversion_steps": 4, "optimization_steps": 1}
 
@@ -47,9 +47,7 @@ def test_counter_sees_the_backward():
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 @pytest.mark.parametrize("choice", ["off", "blocks", "layers"])

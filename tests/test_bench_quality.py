@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipelines import SMAMotionTransferPipeline
 from pipelines.bench_quality import (
     METHODS, held_out_pairs, markdown_table, run_benchmark, run_parallel, summarize, write_json,
 )
 from sma_guidance import shapes
+from conftest import quiet_pipeline
 
 FAST = dict(num_frames=8, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False, train_steps=2)
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 def test_held_out_pairs_cover_every_motion_and_change_appearance():

@@ -16,6 +16,7 @@ from pipelines.bench_speed import (
     run_speed_benchmark,
 )
 from pipelines.components import ZEROSCOPE_UNET_CONFIG
+from conftest import quiet_pipeline
 
 FAST = {"num_frames": 4, "num_inference_steps": 4, "inversion_steps": 4, "optimization_steps": 1, "restart_sampling": False}
 STAGES = ["inversion", "reference features", "guidance iteration", "guidance iteration, λg = λl = 0",
@@ -24,9 +25,7 @@ STAGES = ["inversion", "reference features", "guidance iteration", "guidance ite
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 def test_measure_times_the_call_and_counts_repeats():

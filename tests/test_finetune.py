@@ -18,8 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import pipelines.sma_pipeline as sma_pipeline_module
 import sma_guidance.vmc as vmc_module
-from conftest import moving_square_frames
-from pipelines import SMAMotionTransferPipeline
+from conftest import moving_square_frames, quiet_pipeline
 from pipelines.components import build_tiny_random
 from pipelines.finetune import (
     ADAPTER_FORMAT,
@@ -241,9 +240,7 @@ def test_invalid_residual_raises(residual):
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 @pytest.fixture(scope="module")
@@ -712,8 +709,7 @@ def test_a_velocity_model_gets_the_same_objective_as_its_noise_twin(pipe, clip_i
 
 
 def test_the_pipeline_fine_tunes_a_velocity_model_on_its_noise_estimate(clip, monkeypatch):
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
+    pipe = quiet_pipeline("tiny-random")
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
     seen = []
     real = sma_pipeline_module.train_motion_adapter.__globals__["noise_from_prediction"]

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAST_ARGS, moving_square_frames, write_moving_square
+from conftest import FAST_ARGS, moving_square_frames, quiet_pipeline, write_moving_square
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import cli
-from pipelines import SMAMotionTransferPipeline
 from pipelines.sma_pipeline import frozen
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
@@ -25,9 +24,7 @@ FAST = {"num_frames": 4, "num_inference_steps": 4, "inversion_steps": 4, "optimi
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import dmt_loss
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
+from conftest import quiet_pipeline
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 FAST = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False)
@@ -19,9 +20,7 @@ FAST = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random")
 
 
 @pytest.fixture(autouse=True)

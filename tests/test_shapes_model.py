@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import SMAMotionTransferPipeline
 from pipelines.components import BUNDLED_MODELS
 from pipelines.shapes_training import vae_round_trip
 from sma_guidance import metrics, shapes
+from conftest import quiet_pipeline
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED_MODELS["shapes"] / "model_index.json").is_file(), reason="the bundled shapes model is not built"
@@ -26,9 +26,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("shapes", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("shapes")
 
 
 @pytest.fixture(scope="module")

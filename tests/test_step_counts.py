@@ -14,7 +14,7 @@ from pipelines.components import ZEROSCOPE_SCHEDULER_CONFIG
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 
-from conftest import write_moving_square
+from conftest import quiet_pipeline, write_moving_square
 
 
 def closest_fitting_count(preferred: int, sampling_steps: int) -> int:
@@ -74,8 +74,7 @@ def test_fine_tune_and_batch_fit_it_too(clip, tmp_path):
 
 
 def test_python_calls_follow_the_same_rule(clip):
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
+    pipe = quiet_pipeline("tiny-random")
     out = pipe(clip, "a bear", num_inference_steps=3, optimization_steps=1, inversion_cache=False)
     assert out.config["inversion_steps"] == closest_fitting_count(20, 3)
     with pytest.raises(UserError, match="inversion_steps=20 does not pass through"):

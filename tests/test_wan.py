@@ -18,14 +18,12 @@ from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
 from sma_guidance.video_io import read_frames
 
-from conftest import write_moving_square
+from conftest import quiet_pipeline, write_moving_square
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = SMAMotionTransferPipeline.load("tiny-random-wan", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline("tiny-random-wan")
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +211,11 @@ def test_loads_the_hub_layout_without_code_changes(pipe, clip, tmp_path):
     folder = tmp_path / "Wan2.1-T2V-tiny-Diffusers"
     _save_hub_layout(folder)
     assert model_family(str(folder)) == "wan"
-    loaded = SMAMotionTransferPipeline.load(str(folder), device="cpu", dtype="bfloat16")
-    loaded.set_progress_bar_config(disable=True)
+    loaded = quiet_pipeline(str(folder), dtype="bfloat16")
     assert loaded.backbone.name == "wan" and loaded.unet is None
     assert type(loaded.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and loaded.scheduler.config.shift == 3.0
     assert loaded.transformer.dtype == torch.bfloat16 and loaded.vae.dtype == torch.float32  # Wan's VAE stays fp32
-    loaded = SMAMotionTransferPipeline.load(str(folder), device="cpu", dtype="float32")
-    loaded.set_progress_bar_config(disable=True)
+    loaded = quiet_pipeline(str(folder), dtype="float32")
     with pytest.raises(UserError, match=r"not in this 4-block Wan transformer; pass --feature-layers blocks.2"):
         loaded(clip, "a dog")  # the family's default, blocks.15 of Wan 2.1 1.3B's 30
     settings = dict(num_inference_steps=4, inversion_steps=4, optimization_steps=2, inversion_cache=False, seed=3,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import quiet_pipeline
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "zeroscope_reference.npz"
 # A guided run that passes through every stage: inversion, initial latent, two Adam iterations on
@@ -32,10 +33,7 @@ def _clip() -> np.ndarray:
 
 
 def reference_runs() -> dict[str, np.ndarray]:
-    from pipelines import SMAMotionTransferPipeline
-
-    pipe = SMAMotionTransferPipeline.load("tiny-random", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
+    pipe = quiet_pipeline("tiny-random")
     results = {}
     for name, settings in (("zero_shot", SETTINGS), ("both", BOTH)):
         out = pipe(_clip(), "a red square", **settings)

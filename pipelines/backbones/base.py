@@ -38,6 +38,8 @@ class Backbone:
     per_frame_vae: bool = True
     #: the half precision ``--dtype auto`` picks on a GPU
     half_dtype: torch.dtype = torch.float16
+    #: the VAE's dtype whatever the run's (``None``: the run's)
+    vae_dtype: torch.dtype | None = None
     #: model names built in code (no download): name -> builder of the components
     builtin: dict[str, Callable[[], dict[str, Any]]] = {}
     #: one line naming what a user passes for this family (for error messages)
@@ -134,6 +136,28 @@ class Backbone:
     def frame_batch_to_latents(latents: torch.Tensor) -> torch.Tensor:
         """Per-frame VAE latents ``(F, C, h, w)`` → video latents ``(1, C, F, h, w)``."""
         return latents.permute(1, 0, 2, 3)[None]
+
+    # ------------------------------------------------------------------------- built from configurations
+    def component_types(self) -> tuple[type, type]:
+        """The VAE and text-encoder classes, to build them from configurations (``bench memory``)."""
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        return AutoencoderKL, CLIPTextModel
+
+    def placeholder_tokenizer(self) -> Any:
+        """A tokenizer built in code for a model built from configurations (ids only change cost nothing)."""
+        from ..components import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+
+    def default_scheduler(self) -> Any:
+        """A scheduler of this family's kind with its usual settings (Zeroscope's DDIM)."""
+        from diffusers import DDIMScheduler
+
+        from ..components import ZEROSCOPE_SCHEDULER_CONFIG
+
+        return DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
 
     # ------------------------------------------------------------------------- loading
     def load(self, pipeline_cls: type, model: str, index: dict[str, Any], torch_dtype: torch.dtype | None,

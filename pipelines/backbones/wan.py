@@ -145,6 +145,7 @@ class WanBackbone(Backbone):
     offloads_text_encoder = True
     per_frame_vae = False
     half_dtype = torch.bfloat16  # Wan was trained in bfloat16; float16 overflows in its activations
+    vae_dtype = torch.float32  # Wan's own recommendation: its decoder is sensitive to half precision, and small
 
     # ------------------------------------------------------------------------- sizes
     @staticmethod
@@ -293,8 +294,17 @@ class WanBackbone(Backbone):
         recommends (its decoder is sensitive to half precision, and it is small)."""
         pipe = from_pretrained(pipeline_cls, model, torch_dtype=torch_dtype, **kwargs)
         with quiet_loading():
-            pipe.vae.to(torch.float32)
+            pipe.vae.to(self.vae_dtype)
         return pipe
+
+    def component_types(self) -> tuple[type, type]:
+        return AutoencoderKLWan, UMT5EncoderModel
+
+    def placeholder_tokenizer(self) -> Any:
+        return build_tiny_t5_tokenizer()
+
+    def default_scheduler(self) -> Any:
+        return flow_scheduler()
 
 
 __all__ = [
