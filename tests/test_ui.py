@@ -200,6 +200,7 @@ def test_browser_run_with_the_shapes_model(server, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
 
     clock = time.monotonic()
@@ -210,16 +211,35 @@ def test_browser_run_with_the_shapes_model(server, tmp_path):
     driver = webdriver.Chrome(service=Service(driver_path), options=options)  # an explicit driver: no download
     driver.implicitly_wait(0)
 
+    def texts(selector: str) -> list[str]:
+        """The texts of what matches now; Gradio re-renders while a run goes, so an element can vanish between
+        finding it and reading it: that one is skipped, the next poll reads its replacement."""
+        read = []
+        for element in driver.find_elements(By.CSS_SELECTOR, selector):
+            try:
+                read.append(element.text)
+            except StaleElementReferenceException:
+                pass
+        return read
+
     def find(selector: str, seconds: float = 20):
         deadline = time.monotonic() + seconds
         while True:
             found = driver.find_elements(By.CSS_SELECTOR, selector)
             if found:
                 return found[0]
-            errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")]
+            errors = texts(".toast-body")
             assert not errors, f"the page shows an error: {errors}"
             assert time.monotonic() < deadline, f"nothing matches {selector} after {seconds} s"
             time.sleep(0.2)
+
+    def attribute(selector: str, name: str, seconds: float = 20) -> str:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return find(selector, seconds).get_attribute(name)
+            except StaleElementReferenceException:
+                assert time.monotonic() < deadline, f"{selector} kept being re-rendered for {seconds} s"
 
     def type_into(selector: str, text: str) -> None:
         field = find(selector)
@@ -231,20 +251,20 @@ def test_browser_run_with_the_shapes_model(server, tmp_path):
         find("#input-video input[type=file]").send_keys(str(SAMPLE))
         find("#input-video video[src]")  # uploaded: the clip plays in the input box
         type_into("#prompt textarea", PROMPT)
-        assert find("#steps input").get_attribute("value") == str(SMAConfig.for_model("shapes").num_inference_steps)
+        assert attribute("#steps input", "value") == str(SMAConfig.for_model("shapes").num_inference_steps)
         for knob, value in (("steps", "5"), ("inversion-steps", "5"), ("optimization-steps", "1")):
             type_into(f"#{knob} input", value)
         find("#run").click()
         shown = set()  # the progress texts the page shows while the run goes
         deadline = time.monotonic() + 60
         while not driver.find_elements(By.CSS_SELECTOR, "#comparison video[src]"):
-            shown.update(e.text for e in driver.find_elements(By.CSS_SELECTOR, "#comparison .progress-text, #comparison .meta-text"))
-            errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")]
+            shown.update(texts("#comparison .progress-text, #comparison .meta-text"))
+            errors = texts(".toast-body")
             assert not errors, f"the page shows an error: {errors}"
             assert time.monotonic() < deadline, "no result video after 60 s"
             time.sleep(0.1)
-        video_url = find("#output-video video[src]").get_attribute("src")
-        record_url = find("#record a[href]").get_attribute("href")
+        video_url = attribute("#output-video video[src]", "src")
+        record_url = attribute("#record a[href]", "href")
     finally:
         driver.quit()
 
