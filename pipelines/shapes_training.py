@@ -189,6 +189,22 @@ def encode_pool(
     return stacked, specs
 
 
+def object_masks(specs: list, latent_size: int = 16, halo: int = 1) -> torch.Tensor:
+    """Where each clip's objects lie on the latent grid: float ``(N, 1, F, latent_size, latent_size)`` in
+    [0, 1]. A latent cell counts as much as the object covers any of its pixels (max-pooled coverage), and
+    the mask grows by ``halo`` cells because a cell's decoded pixels reach into its neighbours."""
+    masks = []
+    for spec in specs:
+        cover = np.zeros((spec.num_frames, spec.size, spec.size), np.float32)
+        for obj in spec.objects:
+            cover = np.maximum(cover, shapes.coverage(obj, spec.num_frames, spec.size))
+        masks.append(torch.nn.functional.max_pool2d(torch.from_numpy(cover)[:, None], spec.size // latent_size))
+    cells = torch.cat(masks)  # (N·F, 1, latent_size, latent_size)
+    if halo:
+        cells = torch.nn.functional.max_pool2d(cells, 2 * halo + 1, stride=1, padding=halo)
+    return cells.view(len(specs), -1, 1, latent_size, latent_size).transpose(1, 2).contiguous()
+
+
 def train_unet(
     components: dict[str, Any],
     latents: torch.Tensor,
@@ -205,17 +221,23 @@ def train_unet(
     max_snr_weight: float = 1.0,
     offset_noise: float = 0.0,
     restart_minutes: float | None = None,
+    object_weight: float = 1.0,
+    peak_lr: float = 3e-4,
 ) -> None:
     """Joint training of the UNet3D and the text encoder on the scheduler's prediction type (ε or v);
     resumes from ``workdir/unet.pt``. ``latents`` may live on the CPU; the UNet's device is used.
 
-    The learning rate follows one cosine over ``steps`` (3e-4 → 3e-5 after a 500-step warm-up). With
-    ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that many minutes
+    The learning rate follows one cosine over ``steps`` (``peak_lr`` → a tenth of it, after a 500-step
+    warm-up). With ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that many minutes
     (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
-    ``minutes`` are then ignored."""
+    ``minutes`` are then ignored. ``object_weight`` > 1 weighs the loss on the latent cells the objects
+    cover (:func:`object_masks`) that many times the background's."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     device = next(unet.parameters()).device
     latents = latents.to(device)
+    # Objects fill 2–14 % of a frame, so the plain loss is mostly background, which the model already gets
+    # right; their shapes (squares with corners, triangles with straight sides) are what it gets wrong.
+    masks = object_masks(specs, latents.shape[-1]).to(device) if object_weight != 1 else None
     alphas = components["scheduler"].alphas_cumprod.float().to(device)
     predicts_velocity = components["scheduler"].config.prediction_type == "v_prediction"
     checkpoint = workdir / "unet.pt"
@@ -228,7 +250,7 @@ def train_unet(
         {"params": [p for p in params if id(p) not in chosen], "scale": 1.0},
         {"params": temporal, "scale": temporal_lr_scale},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=3e-4, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, weight_decay=1e-2)
     start = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
@@ -259,7 +281,7 @@ def train_unet(
             progress, warmup = step / steps, min(1.0, (step + 1) / 500)
         else:
             progress, warmup = (time.time() - clock) / (restart_minutes * 60), min(1.0, (step - start + 1) / 100)
-        lr = 3e-4 * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        lr = peak_lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         for group in optimizer.param_groups:
             group["lr"] = lr * group["scale"]
         index = rng.integers(0, len(latents), batch_size)
@@ -290,6 +312,8 @@ def train_unet(
         # The motion phrase only tells the model something the noisy clip does not at high noise, where
         # ε-MSE scales x0 errors by SNR ≪ 1; a recipe can weight by 1/SNR (capped) to stress those steps.
         weight = ((1 - a) / a).clamp(1.0, max_snr_weight)
+        if masks is not None:
+            weight = weight * (1 + (object_weight - 1) * masks[torch.from_numpy(index).to(device)])
         loss = (weight * error).mean() / weight.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -315,6 +339,7 @@ def train_unet(
     if restart_minutes is not None:
         log.setdefault("unet_restarts", []).append(
             {"from_step": start, "to_step": step, "minutes": restart_minutes, "batch_size": batch_size,
+             "peak_lr": peak_lr, "object_weight": object_weight,
              "device": str(device), "seconds": round(time.time() - clock)}
         )
     unet.eval()
@@ -375,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-snr-weight", type=float, default=1.0, help="cap of the 1/SNR loss weight (1 = plain ε-MSE)")
     parser.add_argument("--offset-noise", type=float, default=0.0,
                         help="std of a per-clip, per-channel constant added to the training noise")
+    parser.add_argument("--object-weight", type=float, default=1.0,
+                        help="loss weight of the latent cells the objects cover, against 1 for the background")
+    parser.add_argument("--peak-lr", type=float, default=3e-4,
+                        help="peak learning rate (a short sitting on an annealed model wants less, e.g. 1e-4)")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="what the UNet predicts (a variant we tried: v_prediction)")
     parser.add_argument(
@@ -389,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
                 "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight,
-                "offset_noise": args.offset_noise})
+                "offset_noise": args.offset_noise, "object_weight": args.object_weight})
     log["prediction_type"] = args.prediction_type
     components = build_shapes_components(args.seed, args.prediction_type)
     for name in ("vae", "unet", "text_encoder"):
@@ -411,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log,
                temporal_lr_scale=args.temporal_lr_scale, high_noise_share=args.high_noise_share,
                high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
-               offset_noise=args.offset_noise, batch_size=args.batch_size, restart_minutes=args.restart_minutes)
+               offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr, batch_size=args.batch_size, restart_minutes=args.restart_minutes)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline

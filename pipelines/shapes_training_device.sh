@@ -8,14 +8,14 @@
 #       diffusers==0.42.1 importlib_metadata PyWavelets pytorch-wavelets
 #   mkdir -p .devwork && cp WORKDIR/{vae.pt,unet.pt,log.json} .devwork/    # a CPU run's --workdir (no pool.pt)
 #
-# then run `bash pipelines/shapes_training_device.sh MINUTES BATCH` with carry [".whl", ".devwork"] in every
+# then run `bash pipelines/shapes_training_device.sh MINUTES BATCH OBJECT_WEIGHT` with carry [".whl", ".devwork"] in every
 # call (a carried path left out of a call is removed there). A short smoke sitting runs first so that a broken
 # environment fails in seconds; the pool of latents is re-encoded there (about a minute); the sitting is a warm
 # restart (--restart-minutes) that ends annealed whatever the GPU's speed. $OUT/model.tgz brings the model
 # back: unpack it and copy its folder over pipelines/shapes_model. Measured on one H200: 7.2 steps/s at
 # batch 64 (the step is CPU-bound: captions, tokenizer, noise drawn on the host).
 set -o pipefail
-MINUTES=${1:-6.5}; BATCH=${2:-64}
+MINUTES=${1:-6.5}; BATCH=${2:-64}; OBJECT_WEIGHT=${3:-1}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 # Video reading is not needed for training; a stand-in keeps the import of sma_guidance.video_io working.
 mkdir -p /tmp/stub && printf 'def read_frames(*a, **k):\n    raise RuntimeError("no ffmpeg on this machine")\n' > /tmp/stub/imageio_ffmpeg.py
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.used --format=csv
 # sitting WORKDIR MINUTES OUTPUT [more flags]: a warm restart with the shipped recipe, library chatter filtered out
 sitting() {
   python3 -m pipelines.shapes_training --device cuda --workdir "$1" --restart-minutes "$2" --output "$3" "${@:4}" \
-    --unet-steps 7000 --offset-noise 0.15 --batch-size "$BATCH" 2>&1 | grep -v -E "Warn|kept in float32|cannot run|shards"
+    --unet-steps 7000 --offset-noise 0.15 --batch-size "$BATCH" --object-weight "$OBJECT_WEIGHT" 2>&1 | grep -v -E "Warn|kept in float32|cannot run|shards"
 }
 rm -rf /tmp/smoke && mkdir /tmp/smoke && cp .devwork/{vae.pt,unet.pt,log.json} /tmp/smoke/
 sitting /tmp/smoke 0.15 /tmp/smoke/model --clips 256 | tail -4 | tee "$OUT/smoke.log" || exit 2

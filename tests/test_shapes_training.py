@@ -165,7 +165,8 @@ def test_offset_noise_is_one_constant_per_clip_and_channel(tmp_path, monkeypatch
     assert 5 < float(means[10.0].std()) < 15
 
 
-def test_a_warm_restart_runs_by_the_clock_and_anneals(tmp_path, monkeypatch):
+@pytest.mark.parametrize("peak_lr", [None, 1e-4])
+def test_a_warm_restart_runs_by_the_clock_and_anneals(tmp_path, monkeypatch, peak_lr):
     """``restart_minutes`` replaces the step budget by a time budget with its own warm-up and cosine
     (a fake clock that ticks 0.1 s a reading makes the run deterministic)."""
     clock = iter(np.arange(0, 10_000, 0.1))
@@ -183,17 +184,21 @@ def test_a_warm_restart_runs_by_the_clock_and_anneals(tmp_path, monkeypatch):
     log = {}
     shapes_training.train_unet(components, latents, specs, tmp_path, steps=1, minutes=None, seed=0, log=log,
                                batch_size=2)
+    chosen = {} if peak_lr is None else {"peak_lr": peak_lr}
     shapes_training.train_unet(components, latents, specs, tmp_path, steps=1, minutes=None, seed=0, log=log,
-                               batch_size=2, restart_minutes=1.0)
+                               batch_size=2, restart_minutes=1.0, **chosen)
+    peak = peak_lr or 3e-4  # the default
     (restart,) = log["unet_restarts"]
     assert restart["from_step"] == 1 and restart["to_step"] == log["unet_steps"] > 150  # ``steps`` is ignored
     assert restart["batch_size"] == 2 and restart["device"] == "cpu" and restart["minutes"] == 1.0
+    assert restart["peak_lr"] == peak and restart["object_weight"] == 1.0
     assert torch.load(tmp_path / "unet.pt", weights_only=False)["step"] == restart["to_step"]
     sitting = np.array(lrs[1:])
-    peak = int(sitting.argmax())
-    assert sitting[0] == pytest.approx(3e-6, rel=0.01) and 0 < peak < 100  # a 100-step warm-up from 1 %
-    assert np.all(np.diff(sitting[: peak + 1]) > 0) and np.all(np.diff(sitting[peak:]) < 0)  # under the cosine
-    assert 3e-5 <= sitting[-1] < 3.5e-5  # annealed to the floor when the minute is up
+    top = int(sitting.argmax())
+    assert sitting[0] == pytest.approx(peak / 100, rel=0.01) and 0 < top < 100  # a 100-step warm-up from 1 %
+    assert sitting[top] <= peak
+    assert np.all(np.diff(sitting[: top + 1]) > 0) and np.all(np.diff(sitting[top:]) < 0)  # under the cosine
+    assert peak / 10 <= sitting[-1] < 1.17 * peak / 10  # annealed to the floor when the minute is up
     json.dumps(log)
 
 
@@ -207,3 +212,55 @@ def test_pool_encoding_in_batches_matches_one_clip_at_a_time(tmp_path):
     assert one.shape == batched.shape == (5, 4, 8, 16, 16) and specs_one == specs_batched
     torch.testing.assert_close(batched, one, rtol=1e-5, atol=1e-5)
     assert not torch.equal(one[0], one[1])
+
+
+def _square_clip():
+    """One 14-px red square moving right by 3 px a frame on black."""
+    square = shapes.ObjectSpec(shape="square", color="red", size=14, motion="right", start_x=20.3, start_y=31.0,
+                               vx=3.0)
+    return shapes.ClipSpec(objects=(square,), background="black")
+
+
+def test_object_masks_cover_the_latent_cells_with_object_pixels_and_their_neighbours():
+    spec = _square_clip()
+    masks = shapes_training.object_masks([spec, spec])
+    assert masks.shape == (2, 1, 8, 16, 16) and torch.equal(masks[0], masks[1])
+    frames = shapes.render(spec)
+    drawn = frames.max(axis=-1) > 0  # on black, every touched pixel is the object's
+    cells = drawn.reshape(8, 16, 4, 16, 4).any(axis=(2, 4))
+    grown = np.zeros_like(cells)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(cells, dy, axis=1), dx, axis=2)  # the square stays off the edges
+    assert np.array_equal(masks[0, 0].numpy() > 0, grown)
+    inside = drawn.reshape(8, 16, 4, 16, 4).all(axis=(2, 4))
+    assert inside.any() and np.all(masks[0, 0].numpy()[inside] == 1)
+    assert np.array_equal(shapes_training.object_masks([spec], halo=0)[0, 0].numpy() > 0, cells)
+
+
+def test_object_weight_scales_the_loss_on_object_cells(tmp_path, monkeypatch):
+    """An oracle that is exactly right except by 1 on the object's cells: its loss is the weighted share of
+    those cells, mean(w·I) / mean(w) with w = 1 + (k − 1)·mask, so k = 1 gives the cells' plain share."""
+    components = shapes_training.build_shapes_components(seed=0)
+    alphas = components["scheduler"].alphas_cumprod.float()
+    spec = _square_clip()
+    mask = shapes_training.object_masks([spec])  # (1, 1, F, 16, 16)
+    on_object = (mask > 0).float()
+    seen_t, real_randint = [], torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: seen_t.append(real_randint(*a, **k)) or seen_t[-1])
+    losses, real_backward = [], torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: losses.append(float(self.detach())) or real_backward(self, *a, **k))
+
+    def answer(noisy):
+        eps = noisy / (1 - alphas[seen_t[-1]]).sqrt().view(-1, 1, 1, 1, 1)
+        return eps + on_object
+
+    for k in (1.0, 5.0):
+        components["unet"] = _Oracle(answer)
+        (tmp_path / str(k)).mkdir()
+        shapes_training.train_unet(components, torch.zeros(1, 4, 8, 16, 16), [spec], tmp_path / str(k), steps=1,
+                                   minutes=None, seed=0, log={}, batch_size=2, object_weight=k)
+        weight = 1 + (k - 1) * mask
+        assert losses[-1] == pytest.approx(float((weight * on_object).mean() / weight.mean()), rel=1e-5)
+    share = float(on_object.mean())
+    assert 0.05 < share < 0.3 and losses[-1] > 2 * losses[-2] == pytest.approx(2 * share, rel=1e-5)

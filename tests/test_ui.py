@@ -233,28 +233,31 @@ def test_browser_run_with_the_shapes_model(server, tmp_path):
             assert time.monotonic() < deadline, f"nothing matches {selector} after {seconds} s"
             time.sleep(0.2)
 
-    def attribute(selector: str, name: str, seconds: float = 20) -> str:
+    def act(selector: str, action, seconds: float = 20):
+        """``action(element)`` on what matches ``selector``, found again if the page re-rendered it meanwhile."""
         deadline = time.monotonic() + seconds
         while True:
             try:
-                return find(selector, seconds).get_attribute(name)
+                return action(find(selector, seconds))
             except StaleElementReferenceException:
                 assert time.monotonic() < deadline, f"{selector} kept being re-rendered for {seconds} s"
 
+    def attribute(selector: str, name: str) -> str:
+        return act(selector, lambda element: element.get_attribute(name))
+
     def type_into(selector: str, text: str) -> None:
-        field = find(selector)
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(text, Keys.TAB)  # Tab: the page takes the value on blur too
+        # Tab: the page takes the value on blur too
+        act(selector, lambda field: field.send_keys(Keys.CONTROL, "a") or field.send_keys(text, Keys.TAB))
 
     try:
         driver.get(server)
-        find("#input-video input[type=file]").send_keys(str(SAMPLE))
+        act("#input-video input[type=file]", lambda field: field.send_keys(str(SAMPLE)))
         find("#input-video video[src]")  # uploaded: the clip plays in the input box
         type_into("#prompt textarea", PROMPT)
         assert attribute("#steps input", "value") == str(SMAConfig.for_model("shapes").num_inference_steps)
         for knob, value in (("steps", "5"), ("inversion-steps", "5"), ("optimization-steps", "1")):
             type_into(f"#{knob} input", value)
-        find("#run").click()
+        act("#run", lambda button: button.click())
         shown = set()  # the progress texts the page shows while the run goes
         deadline = time.monotonic() + 60
         while not driver.find_elements(By.CSS_SELECTOR, "#comparison video[src]"):
