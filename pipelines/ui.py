@@ -4,7 +4,8 @@ Upload a clip or pick a bundled sample, write the prompts, choose the model, the
 knobs, press Run: a progress bar follows the pipeline's own steps, and the page shows the (input |
 output) clip and offers the output video, its JSON record and, after a fine-tune, the motion adapter to
 download. The work is the CLI's :func:`cli.transfer`, so a page run writes exactly the files of
-``sma-guide INPUT --side-by-side`` (into a fresh temporary folder per run).
+``sma-guide INPUT --side-by-side`` (into a fresh folder per run, under one temporary folder that the page
+keeps for its lifetime: the last few runs stay, older ones and the whole folder at exit are removed).
 
 Gradio is an optional extra (``pip install -e ".[ui]"``): it is imported here only, never by the core.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,9 @@ KNOBS = (
 INTEGER_KNOBS = {"frames", "steps", "inversion_steps", "optimization_steps", "train_steps", "seed"}
 # Local fonts: the default theme links Google Fonts, which an offline machine cannot reach.
 _FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
+
+KEEP_RUNS = 8  # run folders kept on disk; Gradio serves its own copies of the files, so older ones can go
+_RUN_PREFIX = "sma-guide-run-"
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +106,13 @@ def run_transfer(
     device: str = "auto",
     pipelines: dict[tuple[str | None, ...], Any] | None = None,
     show_progress: bool = True,
+    runs_folder: str | Path | None = None,
+    keep_runs: int = KEEP_RUNS,
 ) -> RunFiles:
-    """One run of :func:`cli.transfer` into a new temporary folder, with the side-by-side clip, and the
-    trained adapter saved when the run fine-tunes. ``pipelines`` caches loaded models across runs."""
+    """One run of :func:`cli.transfer` into a new folder under ``runs_folder`` (default: the system's
+    temporary folder), with the side-by-side clip, and the trained adapter saved when the run fine-tunes;
+    then only the newest ``keep_runs`` run folders there are kept. ``pipelines`` caches loaded models
+    across runs."""
     from cli import _comparison_path, _record_path, build_config, transfer
 
     if not video:
@@ -112,17 +122,30 @@ def run_transfer(
     flags = {"model": (model or "").strip() or None, "source_prompt": source_prompt or None, "mode": mode,
              "adapter": adapter or None, "device": device, **values}
     trains = build_config(None, flags).trains  # fails here, before a folder is made, on bad settings
-    folder = Path(tempfile.mkdtemp(prefix="sma-guide-ui-"))
+    # The name starts with the clock so that the folders sort by age.
+    folder = Path(tempfile.mkdtemp(prefix=f"{_RUN_PREFIX}{time.time_ns():020d}-", dir=runs_folder))
     output = folder / f"{Path(video).stem}.sma.mp4"
     save_adapter = folder / "motion.safetensors" if trains else None
-    transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
+    try:
+        transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
+    finally:
+        _prune_runs(folder.parent, keep_runs)
     return RunFiles(folder, output, _record_path(output), _comparison_path(output), save_adapter)
+
+
+def _prune_runs(parent: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` run folders in ``parent`` (only ours: the name says so)."""
+    runs = sorted(path for path in parent.glob(f"{_RUN_PREFIX}*") if path.is_dir())
+    for old in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_app(model: str = "shapes", device: str = "auto") -> Any:
     """The page, a ``gradio.Blocks`` (not yet launched); ``model`` is the model it starts with."""
     gr = import_gradio()
     pipelines: dict[tuple[str | None, ...], Any] = {}  # one load per model for the life of the page
+    # Removed with the page (its finalizer runs at exit); Gradio's cached copies go after an hour.
+    runs_folder = tempfile.TemporaryDirectory(prefix="sma-guide-ui-")
     samples = sample_clips()
 
     # Gradio finds the progress tracker only among named positional parameters, hence one per knob.
@@ -134,7 +157,8 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                      optimization_steps=optimization_steps, lambda_global=lambda_global, lambda_local=lambda_local,
                      train_steps=train_steps, seed=seed)
         try:
-            files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines)
+            files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines,
+                                 runs_folder=runs_folder.name)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 — the page shows a message; the server log keeps the traceback
@@ -144,7 +168,7 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
         return (str(files.comparison), str(files.output), str(files.record),
                 gr.update(value=adapter_file, visible=adapter_file is not None))
 
-    with gr.Blocks(title="sma-guide", analytics_enabled=False) as app:
+    with gr.Blocks(title="sma-guide", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown("# sma-guide: motion transfer\nThe motion of the clip, the content of the prompt "
                     "(Spectral Motion Alignment on DMT). Defaults are the model's preset.")
         with gr.Row():
@@ -178,6 +202,7 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
         run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs],
                   [comparison, output, record, adapter_out])
     app.on_run = on_run  # for tests: the handler, without a browser
+    app.runs_folder = runs_folder  # lives as long as the page
     return app
 
 

@@ -84,6 +84,29 @@ def test_fine_tune_saves_an_adapter_the_next_run_reuses_with_one_loaded_model():
     assert len(pipelines) == 1  # the second run did not load the model again
 
 
+def test_only_the_newest_run_folders_are_kept(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for stamp in (1, 2, 3):  # three earlier runs, oldest first, and a folder that is not a run
+        (runs / f"sma-guide-run-{stamp:020d}-x").mkdir()
+        (runs / f"sma-guide-run-{stamp:020d}-x" / "out.mp4").write_bytes(b"")
+    (runs / "notes").mkdir()
+    files = run_transfer(SAMPLE, PROMPT, None, "tiny-random", "zero-shot", None, FAST_KNOBS, device="cpu",
+                         show_progress=False, runs_folder=runs, keep_runs=2)
+    assert files.folder.parent == runs and files.output.is_file()
+    assert sorted(p.name for p in runs.iterdir()) == ["notes", f"sma-guide-run-{3:020d}-x", files.folder.name]
+
+
+def test_the_page_runs_in_its_own_folder_removed_with_it():
+    app = build_app("tiny-random", device="cpu")
+    folder = Path(app.runs_folder.name)
+    comparison, output, record, _ = app.on_run(str(SAMPLE), PROMPT, "", "tiny-random", "zero-shot", None,
+                                               *knob_args(**FAST_KNOBS))
+    assert Path(output).is_file() and Path(output).parent.parent == folder
+    app.runs_folder.cleanup()  # what its finalizer does when the page's process ends
+    assert not folder.exists()
+
+
 def test_knobs_start_at_the_models_preset():
     for model in ("shapes", "tiny-random"):
         config = SMAConfig.for_model(model)
