@@ -228,8 +228,8 @@ def train_unet(
     resumes from ``workdir/unet.pt``. ``latents`` may live on the CPU; the UNet's device is used.
 
     The learning rate follows one cosine over ``steps`` (``peak_lr`` → a tenth of it, after a 500-step
-    warm-up). With ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that many minutes
-    (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
+    warm-up). With ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that
+    many minutes (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
     ``minutes`` are then ignored. ``object_weight`` > 1 weighs the loss on the latent cells the objects
     cover (:func:`object_masks`) that many times the background's."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
@@ -440,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log,
                temporal_lr_scale=args.temporal_lr_scale, high_noise_share=args.high_noise_share,
                high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
-               offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr, batch_size=args.batch_size, restart_minutes=args.restart_minutes)
+               offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr,
+               batch_size=args.batch_size, restart_minutes=args.restart_minutes)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline

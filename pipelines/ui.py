@@ -111,8 +111,9 @@ def run_transfer(
 ) -> RunFiles:
     """One run of :func:`cli.transfer` into a new folder under ``runs_folder`` (default: the system's
     temporary folder), with the side-by-side clip, and the trained adapter saved when the run fine-tunes;
-    then only the newest ``keep_runs`` run folders there are kept. ``pipelines`` caches loaded models
-    across runs."""
+    then, in a ``runs_folder`` that was given (a page's own), only the newest ``keep_runs`` run folders are
+    kept; the shared temporary folder is never pruned, another process's runs may sit there. ``pipelines``
+    caches loaded models across runs."""
     from cli import _comparison_path, _record_path, build_config, transfer
 
     if not video:
@@ -129,7 +130,8 @@ def run_transfer(
     try:
         transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
     finally:
-        _prune_runs(folder.parent, keep_runs)
+        if runs_folder is not None:
+            _prune_runs(Path(runs_folder), keep_runs)
     return RunFiles(folder, output, _record_path(output), _comparison_path(output), save_adapter)
 
 
