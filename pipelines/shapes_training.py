@@ -37,10 +37,13 @@ MAX_TOKENS = 24
 TEMPORAL_PREFIXES = ("transformer_in.",)  # plus every "*.temp_convs.*" / "*.temp_attentions.*"
 
 
-def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
+def build_shapes_components(
+    seed: int = 0, prediction_type: str = "epsilon", attention_at_16: bool = False
+) -> dict[str, Any]:
     """Untrained components of the shapes model (same classes as Zeroscope's): 64×64 frames →
-    4×16×16 latents; text cross-attention only at 8×8, where it costs least; a DDIM scheduler with
-    Zeroscope's noise schedule that predicts ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``)."""
+    4×16×16 latents; text cross-attention at 8×8 (and at 16×16 with ``attention_at_16``); a DDIM
+    scheduler with Zeroscope's noise schedule that predicts ``prediction_type`` (``"epsilon"`` or
+    ``"v_prediction"``)."""
     torch.manual_seed(seed)
     components = build_small_video_model(
         build_word_tokenizer(shapes.vocabulary(), max_length=MAX_TOKENS),
@@ -48,7 +51,7 @@ def build_shapes_components(seed: int = 0, prediction_type: str = "epsilon") -> 
         vae_channels=(16, 32, 64),
         unet_channels=(32, 48, 64),
         latent_size=16,
-        cross_attention_blocks=(False, True, False),
+        cross_attention_blocks=(attention_at_16, True, False),
         attention_head_dim=8,
         norm_groups=16,
         vae_norm_groups=16,
@@ -264,7 +267,18 @@ def train_unet(
             print("optimizer state from an older recipe: Adam moments start afresh", flush=True)
         start = state["step"]
     rng = np.random.default_rng(seed + 1 + start)
-    generator = torch.Generator().manual_seed(seed + start)
+    # Noise and timesteps are drawn where the UNet runs: on a GPU, drawing them on the host and copying
+    # them over bounded the step rate. On a CPU this is the same stream as before.
+    generator = torch.Generator(device).manual_seed(seed + start)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    token_ids: dict[str, torch.Tensor] = {}  # the captions are a few hundred strings: tokenize each once
+
+    def tokenize(captions: list[str]) -> torch.Tensor:
+        for caption in set(captions) - token_ids.keys():
+            token_ids[caption] = tokenizer(caption, padding="max_length", max_length=MAX_TOKENS,
+                                           truncation=True, return_tensors="pt").input_ids[0]
+        return torch.stack([token_ids[caption] for caption in captions])
     unet.train()
     text_encoder.train()
     clock = time.time()
@@ -289,20 +303,18 @@ def train_unet(
         captions = [
             "" if rng.random() < 0.1 else shapes.random_caption(specs[i], rng) for i in index.tolist()
         ]
-        tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-        embedding = text_encoder(tokens.input_ids.to(device))[0]
-        t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
+        embedding = text_encoder(tokenize(captions).to(device))[0]
+        t = torch.randint(0, len(alphas), (batch_size,), generator=generator, device=device)
         if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
-            high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator)
-            t = torch.where(torch.rand(batch_size, generator=generator) < high_noise_share, high, t)
-        noise = torch.randn(clean.shape, generator=generator)
+            high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator, device=device)
+            t = torch.where(torch.rand(batch_size, generator=generator, device=device) < high_noise_share, high, t)
+        noise = torch.randn(clean.shape, generator=generator, device=device)
         if offset_noise > 0:
             # The schedule leaves √ᾱ_T ≈ 0.07 of the clip at t = T, enough for the model to read the
             # background colour off the noise's mean instead of the prompt; sampling starts from
             # zero-mean noise, so backgrounds came out tinted at random. A per-clip, per-channel offset
             # (constant over frames and pixels) hides that mean (Guttenberg 2023, "offset noise").
-            noise = noise + offset_noise * torch.randn(*clean.shape[:2], 1, 1, 1, generator=generator)
-        t, noise = t.to(device), noise.to(device)
+            noise = noise + offset_noise * torch.randn(*clean.shape[:2], 1, 1, 1, generator=generator, device=device)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
         # v = √ᾱ ε − √(1−ᾱ) x₀: its MSE weighs x₀ errors by 1/(1−ᾱ) instead of ε's SNR = ᾱ/(1−ᾱ), so
@@ -346,14 +358,37 @@ def train_unet(
     text_encoder.eval()
 
 
+def graft_unet(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state``, a UNet3D's weights, into ``unet``, which may have attention layers the saved one
+    lacks (e.g. cross-attention added at 16×16); returns the names of the modules so added.
+
+    Spatial and temporal transformers add their output to their input, so zeroing their last projection
+    (``proj_out``) makes each new one an identity: the grafted UNet computes exactly what the saved one
+    did, and training grows the new layers from there."""
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    added = sorted({key.split(".proj_out.")[0] for key in missing if ".proj_out." in key})
+    stray = [key for key in missing if not key.startswith(tuple(name + "." for name in added))]
+    if unexpected or stray:
+        raise ValueError(f"cannot graft: unexpected {unexpected[:3]}, missing outside new attention {stray[:3]}")
+    modules = dict(unet.named_modules())
+    with torch.no_grad():
+        for name in added:
+            modules[name].proj_out.weight.zero_()
+            modules[name].proj_out.bias.zero_()
+    return added
+
+
 def _init_from(components: dict[str, Any], folder: Path, workdir: Path, vae_steps: int) -> dict:
     """Seed the checkpoints from a saved model (optimizer state starts afresh): the VAE stage counts as
-    done and the UNet stage continues from the step count in the folder's training log."""
+    done and the UNet stage continues from the step count in the folder's training log. Attention layers
+    this UNet has and the saved one lacks are grafted in as identities (:func:`graft_unet`)."""
     from .sma_pipeline import SMAMotionTransferPipeline
 
     saved = SMAMotionTransferPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
-    for name in ("vae", "unet"):
-        components[name].load_state_dict(saved.components[name].state_dict())
+    components["vae"].load_state_dict(saved.vae.state_dict())
+    added = graft_unet(components["unet"], saved.unet.state_dict())
+    if added:
+        print(f"grafted {len(added)} attention layers as identities: {', '.join(added)}", flush=True)
     _load_text_encoder(components, saved.text_encoder, saved.tokenizer)
     log = json.loads((folder / "training_log.json").read_text())
     _save_state(workdir / "vae.pt", model=components["vae"].state_dict(),
@@ -409,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
     )
+    parser.add_argument("--attention-at-16", action="store_true",
+                        help="text cross-attention at the 16×16 level too (grafted in as identities with --init-from)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -418,9 +455,10 @@ def main(argv: list[str] | None = None) -> None:
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
                 "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight,
-                "offset_noise": args.offset_noise, "object_weight": args.object_weight})
+                "offset_noise": args.offset_noise, "object_weight": args.object_weight,
+                "attention_at_16": args.attention_at_16})
     log["prediction_type"] = args.prediction_type
-    components = build_shapes_components(args.seed, args.prediction_type)
+    components = build_shapes_components(args.seed, args.prediction_type, args.attention_at_16)
     for name in ("vae", "unet", "text_encoder"):
         components[name].to(args.device)
     if args.init_from is not None and not (args.workdir / "unet.pt").exists():

@@ -1,34 +1,44 @@
 #!/bin/bash
-# One GPU sitting of the bundled shapes model, for a lent accelerator (the `device` tool's `run`), which has
-# PyTorch but not diffusers and no network. Prepare here, in the repository root:
+# GPU sittings of the bundled shapes model, for a lent accelerator (the `device` tool's `run`), which has
+# PyTorch but not diffusers and no network. Prepare once, here, in the repository root:
 #
-#   echo /.whl/ >> .git/info/exclude; echo /.devwork/ >> .git/info/exclude
+#   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #       diffusers==0.42.1 importlib_metadata PyWavelets pytorch-wavelets
-#   mkdir -p .devwork && cp WORKDIR/{vae.pt,unet.pt,log.json} .devwork/    # a CPU run's --workdir (no pool.pt)
 #
-# then run `bash pipelines/shapes_training_device.sh MINUTES BATCH OBJECT_WEIGHT` with carry [".whl", ".devwork"] in every
-# call (a carried path left out of a call is removed there). A short smoke sitting runs first so that a broken
-# environment fails in seconds; the pool of latents is re-encoded there (about a minute); the sitting is a warm
-# restart (--restart-minutes) that ends annealed whatever the GPU's speed. $OUT/model.tgz brings the model
-# back: unpack it and copy its folder over pipelines/shapes_model. Measured on one H200: 7.2 steps/s at
-# batch 64 (the step is CPU-bound: captions, tokenizer, noise drawn on the host).
+# then, with carry [".whl"]:
+#
+#   bash pipelines/shapes_training_device.sh MINUTES "NAME FLAGS..." ["NAME FLAGS..." ...]
+#   e.g. bash pipelines/shapes_training_device.sh 6 "plain --batch-size 256" "attn16 --attention-at-16 --batch-size 256"
+#
+# Each quoted variant is one warm restart (--restart-minutes MINUTES, so it ends annealed whatever the GPU's
+# speed) from the bundled weights (--init-from pipelines/shapes_model) with the shipped recipe plus its own
+# flags; the variants run side by side on the one GPU, since one alone leaves it mostly idle (a small
+# model's step is bound by the host's kernel launches). Each re-encodes the pool of latents first (about a
+# minute). DEVICE=cpu (and "--clips 64" in a variant) runs it here as a smoke test. A variant that fails ends at once and its log says why. $OUT/models.tgz brings the models back
+# (models/NAME): evaluate them, then copy the chosen folder over pipelines/shapes_model.
 set -o pipefail
-MINUTES=${1:-6.5}; BATCH=${2:-64}; OBJECT_WEIGHT=${3:-1}
+MINUTES=${1:?minutes per sitting}; shift
+[ $# -gt 0 ] || { echo "name at least one variant: \"NAME FLAGS...\""; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 # Video reading is not needed for training; a stand-in keeps the import of sma_guidance.video_io working.
 mkdir -p /tmp/stub && printf 'def read_frames(*a, **k):\n    raise RuntimeError("no ffmpeg on this machine")\n' > /tmp/stub/imageio_ffmpeg.py
 export PYTHONPATH=/tmp/site:$PWD:/tmp/stub PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.used --format=csv
-# sitting WORKDIR MINUTES OUTPUT [more flags]: a warm restart with the shipped recipe, library chatter filtered out
-sitting() {
-  python3 -m pipelines.shapes_training --device cuda --workdir "$1" --restart-minutes "$2" --output "$3" "${@:4}" \
-    --unet-steps 7000 --offset-noise 0.15 --batch-size "$BATCH" --object-weight "$OBJECT_WEIGHT" 2>&1 | grep -v -E "Warn|kept in float32|cannot run|shards"
-}
-rm -rf /tmp/smoke && mkdir /tmp/smoke && cp .devwork/{vae.pt,unet.pt,log.json} /tmp/smoke/
-sitting /tmp/smoke 0.15 /tmp/smoke/model --clips 256 | tail -4 | tee "$OUT/smoke.log" || exit 2
-grep -q "saved the shapes model" "$OUT/smoke.log" || exit 3
-sitting .devwork "$MINUTES" /tmp/model > "$OUT/train.log"
-tail -3 "$OUT/train.log"
-cd /tmp && tar czf "$OUT/model.tgz" model && ls -la "$OUT"
+THREADS=$(( $(nproc) / $# )); [ "$THREADS" -ge 1 ] || THREADS=1
+mkdir -p /tmp/models
+for variant in "$@"; do
+  read -r name flags <<< "$variant"
+  rm -rf "/tmp/work_$name"
+  # shellcheck disable=SC2086  # the variant's flags are meant to split
+  python3 -m pipelines.shapes_training --device "${DEVICE:-cuda}" --threads "$THREADS" --workdir "/tmp/work_$name" \
+    --init-from pipelines/shapes_model --unet-steps 7000 --offset-noise 0.15 --restart-minutes "$MINUTES" \
+    --output "/tmp/models/$name" $flags 2>&1 | grep --line-buffered -v -E "Warn|kept in float32|cannot run|shards" > "$OUT/$name.log" &
+done
+wait
+for variant in "$@"; do
+  read -r name _ <<< "$variant"
+  echo "== $name"; grep -E "unet step|grafted|Error|error" "$OUT/$name.log" | tail -4
+done
+cd /tmp && tar czf "$OUT/models.tgz" models && ls -la "$OUT"

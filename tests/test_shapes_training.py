@@ -69,8 +69,8 @@ def test_the_loss_targets_the_schedulers_prediction_type(tmp_path, monkeypatch, 
     seen_t = []
     real_randint = torch.randint
 
-    def spy_randint(low, high, size, generator=None):
-        t = real_randint(low, high, size, generator=generator)
+    def spy_randint(low, high, size, generator=None, device=None):
+        t = real_randint(low, high, size, generator=generator, device=device)
         seen_t.append(t)
         return t
 
@@ -264,3 +264,30 @@ def test_object_weight_scales_the_loss_on_object_cells(tmp_path, monkeypatch):
         assert losses[-1] == pytest.approx(float((weight * on_object).mean() / weight.mean()), rel=1e-5)
     share = float(on_object.mean())
     assert 0.05 < share < 0.3 and losses[-1] > 2 * losses[-2] == pytest.approx(2 * share, rel=1e-5)
+
+
+def test_grafted_attention_at_16_starts_as_the_saved_unet(tmp_path):
+    """A UNet with cross-attention added at 16×16, seeded from one without it, computes the same output
+    before training (the new layers are identities) and only the new layers were left to learn."""
+    torch.manual_seed(1)
+    saved = shapes_training.build_shapes_components(seed=3)["unet"]
+    grafted = shapes_training.build_shapes_components(seed=4, attention_at_16=True)["unet"]
+    added = shapes_training.graft_unet(grafted, saved.state_dict())
+    assert added == ["down_blocks.0.attentions.0", "down_blocks.0.temp_attentions.0",
+                     "up_blocks.2.attentions.0", "up_blocks.2.attentions.1",
+                     "up_blocks.2.temp_attentions.0", "up_blocks.2.temp_attentions.1"]
+    noisy, text = torch.randn(2, 4, 8, 16, 16), torch.randn(2, 24, 64)
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        expected = saved(noisy, t, encoder_hidden_states=text).sample
+        output = grafted(noisy, t, encoder_hidden_states=text).sample
+        torch.testing.assert_close(output, expected, rtol=0, atol=1e-5)
+        # the new layers do act once their projections move off zero
+        grafted.down_blocks[0].attentions[0].proj_out.weight.normal_()
+        assert (grafted(noisy, t, encoder_hidden_states=text).sample - expected).abs().max() > 1e-3
+    # the saved weights are really reused: a fresh seed alone gives another output
+    fresh = shapes_training.build_shapes_components(seed=4)["unet"]
+    with torch.no_grad():
+        assert (fresh(noisy, t, encoder_hidden_states=text).sample - expected).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cannot graft"):
+        shapes_training.graft_unet(saved, grafted.state_dict())
