@@ -10,6 +10,8 @@ Three stages, each checkpointed in ``--workdir`` so that a stopped run resumes w
 2. a fixed pool of clips encoded once into latents (posterior means);
 3. the ``UNet3DConditionModel`` and the ``CLIPTextModel`` (word-level tokenizer over the caption
    vocabulary) jointly, ε-prediction MSE with 10 % empty captions for classifier-free guidance.
+4. optionally (``--refine-decoder-steps``), the VAE decoder on the model's own samples of renders, so
+   that it decodes what the UNet actually makes (e.g. squares with rounded corners) as the render.
 
 The result is a diffusers folder (safetensors, float16) loadable with ``--model shapes``.
 """
@@ -28,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from sma_guidance import metrics, shapes
+from sma_guidance.config import PRESET_FILE
 from sma_guidance.video_io import to_uint8
 
 from .components import build_small_video_model, build_word_tokenizer
@@ -77,6 +80,16 @@ def _save_state(path: Path, **state: Any) -> None:
     tmp.replace(path)
 
 
+def _resume(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load ``model`` and ``optimizer`` from ``checkpoint`` if it exists; the step to continue from."""
+    if not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, weights_only=False, map_location=next(model.parameters()).device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"]
+
+
 BORDER_RING_PX = 4
 
 
@@ -87,6 +100,17 @@ def _border_ring(size: tuple[int, int], width: int) -> torch.Tensor:
     return ring
 
 
+def reconstruction_loss(recon: torch.Tensor, frames: torch.Tensor, border_weight: float = 4.0) -> torch.Tensor:
+    """Weighted L1 + MSE of decoded frames ``(N, 3, H, W)`` against renders, both in [-1, 1]."""
+    # Objects cover a few percent of a frame: weight their pixels up, or the background wins. The
+    # outer ring too: the convolutions' zero padding tints the borders unless errors there count.
+    corner = frames[:, :, :1, :1]
+    weight = 1 + 20 * ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = weight + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX).to(frames.device)
+    error = recon - frames
+    return ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+
+
 def train_vae(
     vae: AutoencoderKL, workdir: Path, steps: int, seed: int, log: dict, border_weight: float = 4.0
 ) -> None:
@@ -95,12 +119,7 @@ def train_vae(
     checkpoint = workdir / "vae.pt"
     device = next(vae.parameters()).device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = _resume(checkpoint, vae, optimizer)
     rng = np.random.default_rng(seed + start)
     clock = time.time()
     vae.train()
@@ -110,14 +129,7 @@ def train_vae(
             group["lr"] = lr
         frames = _frames_batch(rng, 16).to(device)
         posterior = vae.encode(frames).latent_dist
-        recon = vae.decode(posterior.mode()).sample
-        # Objects cover a few percent of a frame: weight their pixels up, or the background wins. The
-        # outer ring too: the convolutions' zero padding tints the borders unless errors there count.
-        corner = frames[:, :, :1, :1]
-        weight = 1 + 20 * ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weight = weight + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX).to(device)
-        error = recon - frames
-        rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+        rec = reconstruction_loss(vae.decode(posterior.mode()).sample, frames, border_weight)
         loss = rec + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -221,6 +233,8 @@ def train_unet(
     temporal_lr_scale: float = 1.0,
     high_noise_share: float = 0.0,
     high_noise_from: int = 500,
+    low_noise_share: float = 0.0,
+    low_noise_until: int = 400,
     max_snr_weight: float = 1.0,
     offset_noise: float = 0.0,
     restart_minutes: float | None = None,
@@ -308,6 +322,11 @@ def train_unet(
         if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
             high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator, device=device)
             t = torch.where(torch.rand(batch_size, generator=generator, device=device) < high_noise_share, high, t)
+        if low_noise_share > 0:
+            # Squares lose their corners when the model denoises from t ≈ 120–360 (the README's table):
+            # a sitting can spend more of its steps there.
+            low = torch.randint(0, low_noise_until, (batch_size,), generator=generator, device=device)
+            t = torch.where(torch.rand(batch_size, generator=generator, device=device) < low_noise_share, low, t)
         noise = torch.randn(clean.shape, generator=generator, device=device)
         if offset_noise > 0:
             # The schedule leaves √ᾱ_T ≈ 0.07 of the clip at t = T, enough for the model to read the
@@ -351,11 +370,104 @@ def train_unet(
     if restart_minutes is not None:
         log.setdefault("unet_restarts", []).append(
             {"from_step": start, "to_step": step, "minutes": restart_minutes, "batch_size": batch_size,
-             "peak_lr": peak_lr, "object_weight": object_weight,
+             "peak_lr": peak_lr, "object_weight": object_weight, "low_noise_share": low_noise_share,
              "device": str(device), "seconds": round(time.time() - clock)}
         )
     unet.eval()
     text_encoder.eval()
+
+
+# Sampling starts from this range of timesteps when making refinement pairs: high enough that the model
+# redraws the object's outline, low enough that it keeps the render's layout (so the render stays the target).
+REFINE_T_RANGE = (200, 560)
+
+
+@torch.no_grad()
+def decoder_pairs(
+    pipe: Any, clips: int, seed: int, batch: int = 16, guidance_scale: float = 7.5, num_inference_steps: int = 25
+) -> dict[str, torch.Tensor]:
+    """What the model's own sampling makes of renders, for the decoder to learn to undo.
+
+    Each single-object clip is rendered, encoded (posterior mean), noised to a sampling timestep drawn
+    from :data:`REFINE_T_RANGE` and denoised to t = 0 by ``pipe``'s sampler (DDIM, classifier-free
+    guidance, prompted with a training caption). The output keeps the render's layout but carries the
+    model's systematic errors: a square's corners come back rounded (7 of 8 squares on the bundled
+    model, against 0 of 24 circles and triangles changed).
+
+    Returns ``latents`` (the encoder's) and ``sampled`` (the model's), both ``(N, 4, F, h, w)`` unscaled
+    on the CPU, and the render ``frames`` ``(N, F, H, W, 3)`` uint8.
+    """
+    vae, unet, device = pipe.vae, pipe.unet, pipe.vae.device
+    scaling = vae.config.scaling_factor
+    timesteps = [int(t) for t in pipe.sampling_timesteps(num_inference_steps)]
+    starts = [i for i, t in enumerate(timesteps) if REFINE_T_RANGE[0] <= t <= REFINE_T_RANGE[1]]
+    rng, generator = np.random.default_rng(seed), torch.Generator(device).manual_seed(seed)
+    empty = pipe.encode_prompt("")
+    alphas = pipe.scheduler.alphas_cumprod.to(device)
+    out: dict[str, list] = {"latents": [], "sampled": [], "frames": []}
+    for first in range(0, clips, batch):
+        specs = [shapes.sample_clip_spec(rng, p_two=0) for _ in range(min(batch, clips - first))]
+        frames = np.stack([shapes.render(spec) for spec in specs])
+        pixels = torch.from_numpy(frames).flatten(0, 1).permute(0, 3, 1, 2).to(device).float() / 127.5 - 1
+        latents = vae.encode(pixels).latent_dist.mode().unflatten(0, (len(specs), -1)).transpose(1, 2)
+        captions = [shapes.random_caption(spec, rng) for spec in specs]
+        embeddings = torch.cat([empty.expand(len(specs), -1, -1), *map(pipe.encode_prompt, captions)])
+        start = int(rng.choice(starts))
+        a = alphas[timesteps[start]]
+        noisy = a.sqrt() * latents * scaling + (1 - a).sqrt() * torch.randn(
+            latents.shape, generator=generator, device=device)
+        for t in timesteps[start:]:
+            uncond, cond = unet(torch.cat([noisy, noisy]), t, encoder_hidden_states=embeddings).sample.chunk(2)
+            noisy = pipe.sampler.step(uncond + guidance_scale * (cond - uncond), t, noisy)
+        out["latents"].append(latents.cpu())
+        out["sampled"].append((noisy / scaling).cpu())
+        out["frames"].append(torch.from_numpy(frames))
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def refine_decoder(
+    vae: AutoencoderKL,
+    pairs: dict[str, torch.Tensor],
+    workdir: Path,
+    steps: int,
+    seed: int,
+    log: dict,
+    frames_per_step: int = 16,
+    peak_lr: float = 3e-4,
+    sampled_share: float = 0.5,
+) -> None:
+    """Fine-tune the decoder (``post_quant_conv`` and ``decoder``; the encoder, hence the latent space the
+    UNet was trained on, stays fixed) to decode the model's sampled latents to their renders
+    (:func:`decoder_pairs`); the other ``1 - sampled_share`` of each batch decodes the encoder's own
+    latents, so that round trips stay exact. Same loss as :func:`train_vae`; cosine learning rate;
+    resumes from ``workdir/decoder.pt``."""
+    checkpoint = workdir / "decoder.pt"
+    device = next(vae.parameters()).device
+    params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
+    start = _resume(checkpoint, vae, optimizer)
+    rng = np.random.default_rng(seed + 11 + start)
+    clips, frames_per_clip = pairs["frames"].shape[:2]
+    clock = time.time()
+    vae.train()
+    for step in range(start, steps):
+        lr = peak_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        clip = torch.from_numpy(rng.integers(0, clips, frames_per_step))
+        frame = torch.from_numpy(rng.integers(0, frames_per_clip, frames_per_step))
+        sampled = torch.from_numpy(rng.random(frames_per_step) < sampled_share).view(-1, 1, 1, 1)
+        latents = torch.where(sampled, pairs["sampled"][clip, :, frame], pairs["latents"][clip, :, frame])
+        target = pairs["frames"][clip, frame].permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = reconstruction_loss(vae.decode(latents.to(device)).sample, target.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        rec.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            print(f"decoder step {step + 1}/{steps} rec {rec.item():.4f} ({time.time() - clock:.0f}s)", flush=True)
+            log["decoder_refine_steps"], log["decoder_refine_reconstruction"] = step + 1, rec.item()
+            _save_state(checkpoint, model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step + 1)
+    vae.eval()
 
 
 def graft_unet(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -432,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temporal-lr-scale", type=float, default=1.0, help="learning-rate factor of the temporal layers")
     parser.add_argument("--high-noise-share", type=float, default=0.0, help="share of timesteps drawn from the noisier range")
     parser.add_argument("--high-noise-from", type=int, default=500, help="first timestep of the noisier range")
+    parser.add_argument("--low-noise-share", type=float, default=0.0, help="share of timesteps drawn below --low-noise-until")
+    parser.add_argument("--low-noise-until", type=int, default=400, help="end (exclusive) of the less noisy range")
     parser.add_argument("--max-snr-weight", type=float, default=1.0, help="cap of the 1/SNR loss weight (1 = plain ε-MSE)")
     parser.add_argument("--offset-noise", type=float, default=0.0,
                         help="std of a per-clip, per-channel constant added to the training noise")
@@ -444,6 +558,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
     )
+    parser.add_argument("--refine-decoder-steps", type=int, default=0,
+                        help="then fine-tune the VAE decoder this many steps on the model's own samples (0: skip)")
+    parser.add_argument("--refine-clips", type=int, default=1600, help="clips sampled for the decoder refinement")
     parser.add_argument("--attention-at-16", action="store_true",
                         help="text cross-attention at the 16×16 level too (grafted in as identities with --init-from)")
     args = parser.parse_args(argv)
@@ -455,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
                 "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight,
+                "low_noise_share": args.low_noise_share, "low_noise_until": args.low_noise_until,
                 "offset_noise": args.offset_noise, "object_weight": args.object_weight,
                 "attention_at_16": args.attention_at_16})
     log["prediction_type"] = args.prediction_type
@@ -478,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     train_unet(components, latents, specs, args.workdir, args.unet_steps, args.unet_minutes, args.seed, log,
                temporal_lr_scale=args.temporal_lr_scale, high_noise_share=args.high_noise_share,
                high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
+               low_noise_share=args.low_noise_share, low_noise_until=args.low_noise_until,
                offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr,
                batch_size=args.batch_size, restart_minutes=args.restart_minutes)
     log_path.write_text(json.dumps(log, indent=2))
@@ -485,9 +604,23 @@ def main(argv: list[str] | None = None) -> None:
     from .sma_pipeline import SMAMotionTransferPipeline
 
     pipe = SMAMotionTransferPipeline(**components)
+    if args.refine_decoder_steps:
+        cache = args.workdir / "refine_pairs.pt"
+        pairs = torch.load(cache) if cache.exists() else None
+        if pairs is None or len(pairs["frames"]) != args.refine_clips:
+            clock = time.time()
+            pairs = decoder_pairs(pipe, args.refine_clips, args.seed + 13, batch=16 if args.device == "cpu" else 256)
+            torch.save(pairs, cache)
+            print(f"sampled {args.refine_clips} clips for the decoder ({time.time() - clock:.0f}s)", flush=True)
+        log["decoder_refine_clips"] = args.refine_clips
+        refine_decoder(components["vae"], pairs, args.workdir, args.refine_decoder_steps, args.seed, log)
+        log["vae_round_trip_refined"] = vae_round_trip(components["vae"])
+        print(f"vae round trip after the refinement: {log['vae_round_trip_refined']}", flush=True)
+        log_path.write_text(json.dumps(log, indent=2))
     pipe.to("cpu", torch.float16)
     pipe.save_pretrained(args.output, safe_serialization=True)
     (args.output / "training_log.json").write_text(json.dumps(log, indent=2))
+    (args.output / PRESET_FILE).write_text(json.dumps({"preset": "shapes"}) + "\n")  # its defaults when loaded by path
     print(f"saved the shapes model to {args.output}: {json.dumps(log)}", flush=True)
 
 

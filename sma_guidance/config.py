@@ -159,9 +159,10 @@ class SMAConfig:
     @classmethod
     def for_model(cls, model: str, family: str | None = None, **overrides: Any) -> "SMAConfig":
         """Defaults for ``model``: its family's preset (:data:`FAMILY_PRESETS`; ``None``: the
-        defaults above, Zeroscope's), then the model's own preset, then ``overrides``."""
+        defaults above, Zeroscope's), then the model's own preset (:func:`preset_name`), then
+        ``overrides``."""
         values = dict(FAMILY_PRESETS.get(family or "", {}))
-        values.update(MODEL_PRESETS.get(model, {}))
+        values.update(MODEL_PRESETS.get(preset_name(model), {}))
         values.update(overrides)
         values["model"] = model
         return cls.from_dict(values)
@@ -391,6 +392,10 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Per-model overrides of the defaults above (after the family's). Zeroscope uses the defaults as they are.
+# A model folder may name its preset in this file ({"preset": "shapes"}), so that it gets its defaults
+# when loaded by path; pipelines.shapes_training writes it next to the weights.
+PRESET_FILE = "sma_preset.json"
+
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A tiny random model built in code: its output is noise; it exists for tests and smoke runs.
     "tiny-random": {
@@ -453,3 +458,15 @@ __all__ = [
     "SMAConfig",
     "write_run_record",
 ]
+
+
+def preset_name(model: str) -> str:
+    """The :data:`MODEL_PRESETS` entry of ``model``'s defaults: its name, or for a model folder loaded by
+    path, the preset its :data:`PRESET_FILE` names (e.g. a retrained shapes model)."""
+    marker = Path(model).expanduser() / PRESET_FILE
+    if model in MODEL_PRESETS or not marker.is_file():
+        return model
+    try:
+        return str(json.loads(marker.read_text())["preset"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f'{marker} should read {{"preset": NAME}} ({error}); fix or delete it') from error

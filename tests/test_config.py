@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from sma_guidance.config import DMT_FEATURE_LAYERS, SMAConfig, write_run_record
+from sma_guidance.config import DMT_FEATURE_LAYERS, PRESET_FILE, SMAConfig, write_run_record
 from sma_guidance.errors import UserError
 
 
@@ -82,3 +82,19 @@ def test_unknown_keys_and_bad_files(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(UserError, match="JSON object"):
         SMAConfig.from_file(bad)
+
+
+def test_a_model_folder_names_its_preset(tmp_path):
+    """A folder loaded by path (a retrained shapes model) takes the preset its marker file names; a folder
+    without one gets the family's defaults; a broken marker is a one-line error."""
+    folder = tmp_path / "my-shapes"
+    folder.mkdir()
+    assert SMAConfig.for_model(str(folder)).num_frames == SMAConfig().num_frames == 24
+    (folder / PRESET_FILE).write_text('{"preset": "shapes"}')
+    config = SMAConfig.for_model(str(folder), num_inference_steps=7)
+    expected = SMAConfig.for_model("shapes", num_inference_steps=7)
+    assert config.model == str(folder)
+    assert config.replace(model="shapes") == expected and config.num_frames == 8
+    (folder / PRESET_FILE).write_text('{"name": "shapes"}')
+    with pytest.raises(UserError, match="should read"):
+        SMAConfig.for_model(str(folder))

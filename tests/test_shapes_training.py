@@ -291,3 +291,74 @@ def test_grafted_attention_at_16_starts_as_the_saved_unet(tmp_path):
         assert (fresh(noisy, t, encoder_hidden_states=text).sample - expected).abs().max() > 1e-3
     with pytest.raises(ValueError, match="cannot graft"):
         shapes_training.graft_unet(saved, grafted.state_dict())
+
+
+def _refine_pipe(unet_answer):
+    """A shapes pipeline whose encoder returns zero latents and whose UNet is an oracle of ``t``."""
+    from pipelines.sma_pipeline import SMAMotionTransferPipeline
+
+    components = shapes_training.build_shapes_components(seed=0)
+    pipe = SMAMotionTransferPipeline(**components)
+    alphas = pipe.scheduler.alphas_cumprod.float()
+
+    pipe.unet.forward = lambda noisy, t, encoder_hidden_states: type(
+        "Output", (), {"sample": unet_answer(noisy, alphas[int(t)])})()
+    pipe.vae.encode = lambda pixels: type("Posterior", (), {"latent_dist": type("D", (), {
+        "mode": lambda self: torch.zeros(len(pixels), 4, 16, 16)})()})()
+    return pipe
+
+
+def test_decoder_pairs_sample_back_to_the_latents_with_an_exact_model():
+    """With x₀ = 0 an exact ε-model answers ε = x_t / √(1−ᾱ_t); DDIM (η = 0) then keeps only the noise's
+    share at its last timestep, √(1−ᾱ₀)·ε (Zeroscope's schedule does not set ᾱ to 1 at the end), so the
+    sampled latents have std √(1−ᾱ₀)/scaling. A model that sees no noise (ε = 0) leaves far more."""
+    pipe = _refine_pipe(lambda x, a: x / (1 - a).sqrt())
+    exact = shapes_training.decoder_pairs(pipe, clips=3, seed=0, batch=2)
+    assert exact["latents"].shape == exact["sampled"].shape == (3, 4, 8, 16, 16)
+    assert exact["frames"].shape == (3, 8, 64, 64, 3) and exact["frames"].dtype == torch.uint8
+    assert torch.count_nonzero(exact["latents"]) == 0
+    residual = float((1 - pipe.scheduler.alphas_cumprod[0]).sqrt()) / pipe.vae.config.scaling_factor
+    assert float(exact["sampled"].std()) == pytest.approx(residual, rel=0.05)
+    blind = shapes_training.decoder_pairs(_refine_pipe(lambda x, a: torch.zeros_like(x)), clips=3, seed=0, batch=2)
+    assert blind["sampled"].std() > 5 * residual
+    # same seed, same renders: the pairs are reproducible
+    assert torch.equal(blind["frames"], exact["frames"])
+
+
+def test_refine_decoder_trains_only_the_decoder_on_sampled_latents_and_resumes(tmp_path):
+    vae = shapes_training.build_shapes_components(seed=0)["vae"]
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder_before = vae.decoder.conv_out.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(np.stack([shapes.render(shapes.sample_clip_spec(rng, p_two=0)) for _ in range(2)]))
+    pairs = {"frames": frames, "sampled": torch.randn(2, 4, 8, 16, 16),
+             "latents": torch.full((2, 4, 8, 16, 16), float("nan"))}  # must not be read at sampled_share=1
+    log = {}
+    shapes_training.refine_decoder(vae, pairs, tmp_path, steps=2, seed=0, log=log, frames_per_step=2, sampled_share=1.0)
+    assert log["decoder_refine_steps"] == 2 and np.isfinite(log["decoder_refine_reconstruction"])
+    assert all(torch.equal(v, encoder_before[k]) for k, v in vae.encoder.state_dict().items())
+    assert not torch.equal(vae.decoder.conv_out.weight, decoder_before)
+    shapes_training.refine_decoder(vae, pairs, tmp_path, steps=3, seed=0, log=log, frames_per_step=2, sampled_share=1.0)
+    assert log["decoder_refine_steps"] == 3 and torch.load(tmp_path / "decoder.pt", weights_only=False)["step"] == 3
+    (tmp_path / "half").mkdir()  # at the default share, about half the batch decodes the encoder's latents
+    shapes_training.refine_decoder(vae, pairs, tmp_path / "half", steps=1, seed=0, log=log, frames_per_step=8)
+    assert np.isnan(log["decoder_refine_reconstruction"])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_low_noise_share_draws_that_share_of_timesteps_below_the_bound(tmp_path, share):
+    components = shapes_training.build_shapes_components(seed=0)
+    seen = []
+
+    class Recorder(_Oracle):
+        def forward(self, noisy, t, encoder_hidden_states):
+            seen.append(t)
+            return super().forward(noisy, t, encoder_hidden_states)
+
+    components["unet"] = Recorder(torch.zeros_like)
+    latents, specs = _pool()
+    shapes_training.train_unet(components, latents, specs, tmp_path, steps=20, minutes=None, seed=0, log={},
+                               batch_size=50, low_noise_share=share, low_noise_until=100)
+    below = float((torch.cat(seen) < 100).float().mean())
+    # uniform draws fall below 100 a tenth of the time: share + (1 - share) / 10 in all
+    assert below == pytest.approx(share + (1 - share) / 10, abs=0.04)
