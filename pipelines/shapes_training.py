@@ -220,6 +220,12 @@ def object_masks(specs: list, latent_size: int = 16, halo: int = 1) -> torch.Ten
     return cells.view(len(specs), -1, 1, latent_size, latent_size).transpose(1, 2).contiguous()
 
 
+def _redraw_share(t: torch.Tensor, share: float, bounds: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Timesteps ``t`` ``(B,)`` with about ``share`` of them drawn again, uniformly from ``[low, high)``."""
+    redrawn = torch.randint(*bounds, t.shape, generator=generator, device=t.device)
+    return torch.where(torch.rand(t.shape, generator=generator, device=t.device) < share, redrawn, t)
+
+
 def train_unet(
     components: dict[str, Any],
     latents: torch.Tensor,
@@ -320,13 +326,11 @@ def train_unet(
         embedding = text_encoder(tokenize(captions).to(device))[0]
         t = torch.randint(0, len(alphas), (batch_size,), generator=generator, device=device)
         if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
-            high = torch.randint(high_noise_from, len(alphas), (batch_size,), generator=generator, device=device)
-            t = torch.where(torch.rand(batch_size, generator=generator, device=device) < high_noise_share, high, t)
+            t = _redraw_share(t, high_noise_share, (high_noise_from, len(alphas)), generator)
         if low_noise_share > 0:
             # Squares lose their corners when the model denoises from t ≈ 120–360 (the README's table):
             # a sitting can spend more of its steps there.
-            low = torch.randint(0, low_noise_until, (batch_size,), generator=generator, device=device)
-            t = torch.where(torch.rand(batch_size, generator=generator, device=device) < low_noise_share, low, t)
+            t = _redraw_share(t, low_noise_share, (0, low_noise_until), generator)
         noise = torch.randn(clean.shape, generator=generator, device=device)
         if offset_noise > 0:
             # The schedule leaves √ᾱ_T ≈ 0.07 of the clip at t = T, enough for the model to read the
@@ -397,7 +401,7 @@ def decoder_pairs(
     Returns ``latents`` (the encoder's) and ``sampled`` (the model's), both ``(N, 4, F, h, w)`` unscaled
     on the CPU, and the render ``frames`` ``(N, F, H, W, 3)`` uint8.
     """
-    vae, unet, device = pipe.vae, pipe.unet, pipe.vae.device
+    vae, device = pipe.vae, pipe.vae.device
     scaling = vae.config.scaling_factor
     timesteps = [int(t) for t in pipe.sampling_timesteps(num_inference_steps)]
     starts = [i for i, t in enumerate(timesteps) if REFINE_T_RANGE[0] <= t <= REFINE_T_RANGE[1]]
@@ -417,8 +421,7 @@ def decoder_pairs(
         noisy = a.sqrt() * latents * scaling + (1 - a).sqrt() * torch.randn(
             latents.shape, generator=generator, device=device)
         for t in timesteps[start:]:
-            uncond, cond = unet(torch.cat([noisy, noisy]), t, encoder_hidden_states=embeddings).sample.chunk(2)
-            noisy = pipe.sampler.step(uncond + guidance_scale * (cond - uncond), t, noisy)
+            noisy = pipe.denoise_step(noisy, t, embeddings, guidance_scale)
         out["latents"].append(latents.cpu())
         out["sampled"].append((noisy / scaling).cpu())
         out["frames"].append(torch.from_numpy(frames))

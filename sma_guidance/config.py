@@ -392,10 +392,6 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Per-model overrides of the defaults above (after the family's). Zeroscope uses the defaults as they are.
-# A model folder may name its preset in this file ({"preset": "shapes"}), so that it gets its defaults
-# when loaded by path; pipelines.shapes_training writes it next to the weights.
-PRESET_FILE = "sma_preset.json"
-
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A tiny random model built in code: its output is noise; it exists for tests and smoke runs.
     "tiny-random": {
@@ -447,18 +443,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-__all__ = [
-    "WAN_FEATURE_LAYERS",
-    "ANIMATEDIFF_FEATURE_LAYERS",
-    "DEFAULT_MODEL",
-    "DMT_FEATURE_LAYERS",
-    "DMT_NEGATIVE_PROMPT",
-    "FAMILY_PRESETS",
-    "MODEL_PRESETS",
-    "SMAConfig",
-    "write_run_record",
-]
-
+# A model folder may name its preset in this file ({"preset": "shapes"}), so that it gets its defaults
+# when loaded by path; pipelines.shapes_training writes it next to the weights.
+PRESET_FILE = "sma_preset.json"
 
 def preset_name(model: str) -> str:
     """The :data:`MODEL_PRESETS` entry of ``model``'s defaults: its name, or for a model folder loaded by
@@ -467,6 +454,24 @@ def preset_name(model: str) -> str:
     if model in MODEL_PRESETS or not marker.is_file():
         return model
     try:
-        return str(json.loads(marker.read_text())["preset"])
+        name = str(json.loads(marker.read_text())["preset"])
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f'{marker} should read {{"preset": NAME}} ({error}); fix or delete it') from error
+    if name not in MODEL_PRESETS:
+        raise UserError(f"{marker} names an unknown preset {name!r}; use one of {', '.join(MODEL_PRESETS)}")
+    return name
+
+
+__all__ = [
+    "WAN_FEATURE_LAYERS",
+    "ANIMATEDIFF_FEATURE_LAYERS",
+    "DEFAULT_MODEL",
+    "DMT_FEATURE_LAYERS",
+    "DMT_NEGATIVE_PROMPT",
+    "FAMILY_PRESETS",
+    "MODEL_PRESETS",
+    "PRESET_FILE",
+    "SMAConfig",
+    "preset_name",
+    "write_run_record",
+]

@@ -98,3 +98,6 @@ def test_a_model_folder_names_its_preset(tmp_path):
     (folder / PRESET_FILE).write_text('{"name": "shapes"}')
     with pytest.raises(UserError, match="should read"):
         SMAConfig.for_model(str(folder))
+    (folder / PRESET_FILE).write_text('{"preset": "shepes"}')
+    with pytest.raises(UserError, match="unknown preset 'shepes'; use one of .*shapes"):
+        SMAConfig.for_model(str(folder))
