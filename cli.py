@@ -116,6 +116,7 @@ def _record_path(output: Path) -> Path:
 @click.option("--downsample-factor", type=int, help="DMT's initial latent keeps the inversion's frequencies below 1/FACTOR of the latent size. [default: 4]")
 @click.option("--low-pass-grid", type=int, help="The same cut-off as a grid of N cells along the latent's shorter side (overrides --downsample-factor). [default: off; shapes: preset]")
 @click.option("--restart/--no-restart", "restart_sampling", default=None, help="DMT's restart sampling. [default: on]")
+@click.option("--eta", type=float, help="DDIM eta of the steps after the guided ones: 0 deterministic, 1 DDPM-like. [default: 0; shapes: preset]")
 @click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
 @click.option("--mode", type=click.Choice(["zero-shot", "fine-tune", "both"]), help="zero-shot guidance, a motion fine-tune, or both. [default: zero-shot]")
@@ -338,7 +339,8 @@ def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str
 
 @main.group("bench")
 def bench() -> None:
-    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world),
+    """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world), `sma-guide bench
+    appearance` (the shapes model's plain samples of held-out prompts),
     `sma-guide bench speed` (time and memory of each stage) and `sma-guide bench inversion` (what fewer
     inversion steps cost)."""
 
@@ -622,6 +624,38 @@ def bench_memory(
     record = estimate_memory(model, config, getattr(torch, dtype), configs=configs)
     write_record(record, json_path)
     click.echo(memory_table(record))
+    click.echo(f"\nwrote {json_path}")
+
+
+@bench.command("appearance")
+@click.option("--model", default="shapes", show_default=True, help="A shapes-world model.")
+@click.option("--seed-start", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Prompt i samples with seed SEED_START + i (1000: the seeds of the test's check).")
+@click.option("--count", type=click.IntRange(1, 27), default=27, show_default=True, help="The first COUNT of the 27 prompts.")
+@click.option("--steps", "num_inference_steps", type=click.IntRange(min=1), help="Sampling steps. [default: the preset's]")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance. [default: the preset's]")
+@click.option("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like. [default: the preset's]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_appearance.json"), show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-prompt lines.")
+@reports_user_errors
+def bench_appearance(model: str, seed_start: int, count: int, num_inference_steps: int | None, guidance_scale: float | None,
+                     eta: float | None, device: str, json_path: Path, quiet: bool) -> None:
+    """Plain text-to-video samples of 27 held-out appearance prompts ("a red circle on a gray background"),
+    judged for colour, shape, background and one clean object; prints a table, writes JSON."""
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench_appearance import appearance_scores, appearance_table
+    from pipelines.bench_speed import write_record
+
+    check_json_path(json_path, flag="--output")
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    sampling = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta)
+    config = pipe.default_config().replace(**sampling).validate()  # bad numbers fail before sampling
+    result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)), **sampling)
+    sampler = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "eta": config.eta}
+    write_record({"model": model, "seed_start": seed_start, **sampler, **result}, json_path)
+    click.echo(appearance_table(result["rates"]))
     click.echo(f"\nwrote {json_path}")
 
 

@@ -3,7 +3,7 @@
 The core (guided loop, inversion cache, DMT's initial latent) only needs a few operations of a sampler:
 its timesteps, one deterministic step, the inversion that keeps the latents at those timesteps, the
 forward process between two noise levels (DMT's restart sampling) and what the model is called with.
-Two samplers provide them:
+Two samplers provide them (DDIM also takes a stochastic step, η > 0, for the unguided steps):
 
 - :class:`DDIMSampler` — DDIM (η = 0) on a noise-prediction model's ᾱ schedule (Zeroscope, AnimateDiff),
   inverted with diffusers' ``DDIMInverseScheduler``;
@@ -28,7 +28,7 @@ Progress = Callable[[int], object] | None
 
 
 class DDIMSampler:
-    """DDIM with η = 0 on a ``DDIMScheduler`` (ε- or v-prediction)."""
+    """DDIM on a ``DDIMScheduler`` (ε- or v-prediction): deterministic (η = 0) unless a step asks for η > 0."""
 
     name = "DDIM"
 
@@ -56,9 +56,17 @@ class DDIMSampler:
                     return count
         return most - 1  # 999 passes through every timestep of a leading/trailing grid
 
-    def step(self, model_output: torch.Tensor, t: int, latents: torch.Tensor) -> torch.Tensor:
-        """One DDIM step from ``t`` to the next sampling timestep (``timesteps`` must have been set)."""
-        return self.scheduler.step(model_output, t, latents).prev_sample
+    def step(self, model_output: torch.Tensor, t: int, latents: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """One DDIM step from ``t`` to the next sampling timestep (``timesteps`` must have been set);
+        ``eta`` > 0 adds ``eta``·σ_t of fresh noise drawn from ``generator`` (DDIM paper, eq. 12 and 16)."""
+        if not eta:
+            return self.scheduler.step(model_output, t, latents).prev_sample
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+        return self.scheduler.step(model_output, t, latents, eta=eta, variance_noise=noise).prev_sample
+
+    def check_eta(self, eta: float) -> None:
+        """Any η in [0, 1] is a DDIM sampler."""
 
     def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
         """A draw of q(x_{t_to} | x_{t_from}) for ``t_to`` > ``t_from``: the forward process over that interval."""
@@ -125,12 +133,20 @@ class FlowMatchSampler:
                 f"this flow-matching model; use a multiple of num_inference_steps (e.g. {num_inference_steps})"
             )
 
-    def step(self, model_output: torch.Tensor, t: float, latents: torch.Tensor) -> torch.Tensor:
-        """One Euler step from ``t`` to the next sampling sigma: ``x + (σ_next − σ) v``."""
+    def step(self, model_output: torch.Tensor, t: float, latents: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """One Euler step from ``t`` to the next sampling sigma: ``x + (σ_next − σ) v``. The ODE has no
+        ``eta``: only 0 is accepted."""
+        self.check_eta(eta)
         if t not in self._sigmas_of:
             raise RuntimeError(f"t={t} is not a sampling timestep; call timesteps(n) first")
         sigma, sigma_next = self._sigmas_of[t]
         return latents + (sigma_next - sigma) * model_output.to(latents.dtype)
+
+    def check_eta(self, eta: float) -> None:
+        """A one-line :class:`UserError` for η > 0: the ODE has no stochastic step."""
+        if eta:
+            raise UserError(f"eta={eta} needs a DDIM model; a flow-matching model's Euler sampler is deterministic: use eta 0")
 
     def renoise(self, latents: torch.Tensor, t_from: float, t_to: float, generator: torch.Generator) -> torch.Tensor:
         """A draw of x_{σ_b} given x_{σ_a} (σ_b > σ_a) under ``x_σ = (1 − σ) x₀ + σ ε``: scale by

@@ -572,18 +572,18 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log_path = args.workdir / "log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    components = build_shapes_components(args.seed, args.prediction_type, args.attention_at_16)
+    for name in ("vae", "unet", "text_encoder"):
+        components[name].to(args.device)
+    if args.init_from is not None and not (args.workdir / "unet.pt").exists():
+        # The saved model's log is the history this run continues; this run's recipe goes on top of it.
+        log = {**_init_from(components, args.init_from, args.workdir, args.vae_steps), **log}
     log.update({"seed": args.seed, "vae_steps": args.vae_steps, "clips": args.clips, "unet_target_steps": args.unet_steps,
                 "temporal_lr_scale": args.temporal_lr_scale, "high_noise_share": args.high_noise_share,
                 "high_noise_from": args.high_noise_from, "max_snr_weight": args.max_snr_weight,
                 "low_noise_share": args.low_noise_share, "low_noise_until": args.low_noise_until,
                 "offset_noise": args.offset_noise, "object_weight": args.object_weight,
-                "attention_at_16": args.attention_at_16})
-    log["prediction_type"] = args.prediction_type
-    components = build_shapes_components(args.seed, args.prediction_type, args.attention_at_16)
-    for name in ("vae", "unet", "text_encoder"):
-        components[name].to(args.device)
-    if args.init_from is not None and not (args.workdir / "unet.pt").exists():
-        log.update(_init_from(components, args.init_from, args.workdir, args.vae_steps))
+                "attention_at_16": args.attention_at_16, "prediction_type": args.prediction_type})
 
     train_vae(components["vae"], args.workdir, args.vae_steps, args.seed, log)
     if "vae_round_trip" not in log:

@@ -452,6 +452,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
         config = (config or self.default_config()).replace(**explicit, **overrides).validate()
         self.backbone.check(self, config)
+        self.sampler.check_eta(config.eta)
         if chosen:
             self.sampler.check(config.inversion_steps, config.num_inference_steps)
             return config
@@ -471,14 +472,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def denoise_step(
-        self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float
+        self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float, eta: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """One deterministic step (DDIM with η = 0, or flow-matching Euler) with classifier-free guidance;
-        ``embeddings`` is ``[negative, target]`` ``(2, L, D)``. The sampler's timesteps must be set
-        (:meth:`sampling_timesteps`)."""
+        """One step with classifier-free guidance: deterministic (DDIM with η = 0, or flow-matching
+        Euler), or DDIM with η > 0 and fresh noise from ``generator``. ``embeddings`` is ``[negative,
+        target]`` ``(2, L, D)``. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
         prediction = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
         uncond, cond = prediction.chunk(2)
-        return self.sampler.step(uncond + guidance_scale * (cond - uncond), t, latents)
+        return self.sampler.step(uncond + guidance_scale * (cond - uncond), t, latents, eta, generator)
 
     @torch.no_grad()
     def generate(
@@ -491,10 +493,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int | None = None,
+        eta: float | None = None,
         output_type: str = "np",
     ) -> SMAPipelineOutput:
-        """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise), with
-        the same defaults as ``__call__``: useful to see what the model makes of a prompt alone."""
+        """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise, η =
+        ``config.eta`` at every step), with the same defaults as ``__call__``: useful to see what the
+        model makes of a prompt alone."""
         config = self._resolve_config(
             None,
             dict(
@@ -505,6 +509,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 seed=seed,
+                eta=eta,
             ),
             {},
         )
@@ -516,7 +521,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         latents = torch.randn(shape, generator=generator).to(self.device)
         with self.speed_options(config):
             for t in self._progress_iter(timesteps, "Sampling"):
-                latents = self.denoise_step(latents, t, embeddings, config.guidance_scale)
+                latents = self.denoise_step(latents, t, embeddings, config.guidance_scale, config.eta, generator)
             frames = self._postprocess(latents, output_type, config.vae_batch_size)
         return SMAPipelineOutput(frames=frames, config=config.to_dict(), fps=config.fps or 8.0)
 
@@ -586,7 +591,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             output_type: ``"np"`` (default), ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
-                ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``,
+                ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
                 ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
                 settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
@@ -705,10 +710,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                     timings["guidance"] += time.perf_counter() - clock
                 clock = time.perf_counter()
                 previous = latents
-                latents = self.denoise_step(previous, t, cfg_embeddings, config.guidance_scale)
+                # The guided steps stay deterministic: their latents are optimized against the inversion's.
+                eta = config.eta if i >= len(guided) else 0.0
+                latents = self.denoise_step(previous, t, cfg_embeddings, config.guidance_scale, eta, generator)
                 if config.restart_sampling and i + 1 < len(timesteps):
                     latents = self.renoise(latents, timesteps[i + 1], t, generator)
-                    latents = self.denoise_step(latents, t, cfg_embeddings, config.guidance_scale)
+                    latents = self.denoise_step(latents, t, cfg_embeddings, config.guidance_scale, eta, generator)
                 timings["denoise"] += time.perf_counter() - clock
                 bar.update()
 

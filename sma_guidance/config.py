@@ -90,6 +90,10 @@ class SMAConfig:
     guidance_scale: float = 10.0
     seed: int = 0
     restart_sampling: bool = True  # DMT: re-noise one step and denoise again after every step
+    # DDIM's eta for the steps after the guided ones (every step of plain text-to-video sampling):
+    # 0 is deterministic DDIM, which follows the inversion (DMT); 1 draws fresh noise at each step as
+    # DDPM does, which lets a small model correct its own errors (the shapes model's corners).
+    eta: float = 0.0
     # DMT's initial latent keeps the inverted latent's spatial frequencies below a cut-off and draws the
     # rest afresh. DMT states the cut-off as a downsampling factor of the latent (4: Zeroscope's 40x72
     # latents keep a 10x18 grid). low_pass_grid states it as the low-frequency grid itself (cells along
@@ -265,6 +269,9 @@ class SMAConfig:
         for name in ("guidance_scale", "lambda_global", "lambda_local"):
             _require_float(name, getattr(self, name), positive=False)
         _require_float("guidance_fraction", self.guidance_fraction, positive=False)
+        _require_float("eta", self.eta, positive=False)  # also rejects NaN and non-numbers
+        if not 0 <= self.eta <= 1:
+            raise UserError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like) (got {self.eta})")
         if self.guidance_fraction > 1:
             raise UserError(f"guidance_fraction must be between 0 and 1 (got {self.guidance_fraction})")
         if self.fps is not None:

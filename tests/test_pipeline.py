@@ -242,3 +242,49 @@ def test_loads_a_zeroscope_style_folder(pipe, tmp_path):
     loaded = SMAMotionTransferPipeline.from_pretrained(str(folder))
     assert isinstance(loaded, SMAMotionTransferPipeline)
     assert type(loaded.unet).__name__ == "UNet3DConditionModel"
+
+
+def test_stochastic_ddim_step_is_eq12_with_eq16_sigma(pipe):
+    """DDIM paper eq. 12 with σ_t(η) of eq. 16, computed here from ᾱ alone."""
+    from pipelines.samplers import DDIMSampler
+
+    sampler = DDIMSampler(pipe.scheduler)
+    t, t_prev = sampler.timesteps(4)[1:3]
+    latents = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    a, a_prev = (float(pipe.scheduler.alphas_cumprod[s]) for s in (t, t_prev))
+    x0 = (latents - (1 - a) ** 0.5 * eps) / a**0.5
+    for eta in (0.0, 0.5, 1.0):
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+        z = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)) if eta else 0.0
+        expected = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps + sigma * z
+        got = sampler.step(eps, t, latents, eta, torch.Generator().manual_seed(2))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_eta_applies_after_the_guided_steps_only(pipe, clip):
+    base = pipe(clip, "a red square", **FAST).frames
+    stochastic = pipe(clip, "a red square", eta=1.0, **FAST)
+    assert not np.allclose(base, stochastic.frames, atol=1e-4)
+    np.testing.assert_array_equal(stochastic.frames, pipe(clip, "a red square", eta=1.0, **FAST).frames)  # seeded
+    # Every step guided: no step is left for eta, so the run is the deterministic one.
+    all_guided = {**FAST, "guidance_fraction": 1.0}
+    np.testing.assert_array_equal(
+        pipe(clip, "a red square", **all_guided).frames, pipe(clip, "a red square", eta=1.0, **all_guided).frames
+    )
+    assert SMAConfig.from_dict(stochastic.config).eta == 1.0
+
+
+def test_generate_with_eta_is_seeded_and_differs_from_ddim(pipe):
+    settings = dict(num_frames=4, num_inference_steps=4)
+    deterministic = pipe.generate("a red square", seed=3, **settings).frames
+    first = pipe.generate("a red square", seed=3, eta=1.0, **settings).frames
+    np.testing.assert_array_equal(first, pipe.generate("a red square", seed=3, eta=1.0, **settings).frames)
+    assert not np.allclose(first, deterministic, atol=1e-4)
+
+
+@pytest.mark.parametrize("eta, message", [(-0.1, "eta must not be negative"), (1.5, "eta must be between 0")])
+def test_eta_outside_zero_one_is_a_one_line_error(eta, message):
+    with pytest.raises(UserError, match=message) as err:
+        SMAConfig(eta=eta).validate()
+    assert "\n" not in str(err.value)

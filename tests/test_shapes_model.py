@@ -8,20 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.bench_appearance import APPEARANCE_PROMPTS as PROMPTS
+from pipelines.bench_appearance import BACKGROUNDS, COLORS, CRITERIA, SHAPES, TEST_SEED, appearance_scores
 from pipelines.components import BUNDLED_MODELS
 from pipelines.shapes_training import vae_round_trip
-from sma_guidance import metrics, shapes
 from conftest import quiet_pipeline
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED_MODELS["shapes"] / "model_index.json").is_file(), reason="the bundled shapes model is not built"
 )
-
-# 27 prompts: every colour with every shape (7 and 3 are coprime), every shape on every background three times.
-COLORS, SHAPES, BACKGROUNDS = list(shapes.COLORS), list(shapes.SHAPES), list(shapes.BACKGROUNDS)
-PROMPTS = [
-    (COLORS[i % 7], SHAPES[i % 3], BACKGROUNDS[(i // 3) % 3]) for i in range(27)
-]
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +27,8 @@ def pipe():
 @pytest.fixture(scope="module")
 def held_out(pipe):
     """(colour, shape, background, one clean object) matches of each held-out prompt's video."""
-    results = []
-    for seed, (color, shape, background) in enumerate(PROMPTS, start=1000):
-        prompt = f"a {color} {shape} on a {background} background"
-        frames = np.round(pipe.generate(prompt, seed=seed).frames[0] * 255).astype(np.uint8)
-        found = metrics.detect_object(frames)
-        results.append(
-            (
-                found is not None and found["color"] == color,
-                found is not None and found["shape"] == shape,
-                metrics.background_match(frames, background),
-                metrics.single_clean_object(frames),
-            )
-        )
-    return np.array(results)
+    rows = appearance_scores(pipe, TEST_SEED)["rows"]
+    return np.array([[row[c] for c in CRITERIA] for row in rows])
 
 
 def test_held_out_prompts_cover_the_vocabulary():
@@ -102,3 +85,31 @@ def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
 
     strip = iio.imread(tmp_path / "red_circle_right.sma.strip.png")
     assert strip.shape == (2 * 4 * 64 + 2, 8 * 4 * 64 + 7 * 2, 3)  # input over output, 8 frames, 4x enlarged
+
+
+def test_bench_appearance_command_scores_what_it_samples(tmp_path, pipe):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+    from sma_guidance import metrics
+
+    output = tmp_path / "appearance.json"
+    args = ["bench", "appearance", "--count", "2", "--steps", "3", "--eta", "1", "--seed-start", "5", "--output", str(output)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.read_text())
+    assert (record["eta"], record["num_inference_steps"], record["guidance_scale"]) == (1.0, 3, 7.5)
+    assert [row["seed"] for row in record["rows"]] == [5, 6]
+    # Row 2 re-judged independently from the same sample.
+    color, shape, background = PROMPTS[1]
+    frames = np.round(pipe.generate(record["rows"][1]["prompt"], seed=6, num_inference_steps=3, eta=1.0).frames[0] * 255)
+    frames = frames.astype(np.uint8)
+    assert record["rows"][1]["background"] == metrics.background_match(frames, background)
+    assert record["rows"][1]["clean"] == metrics.single_clean_object(frames)
+    assert record["rates"]["clean"] == np.mean([row["clean"] for row in record["rows"]])
+    assert "| shape |" in result.output
+
+    bad = CliRunner().invoke(main, ["bench", "appearance", "--eta", "2", "--output", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 1 and "eta must be between 0" in bad.output and not (tmp_path / "bad.json").exists()

@@ -362,3 +362,23 @@ def test_low_noise_share_draws_that_share_of_timesteps_below_the_bound(tmp_path,
     below = float((torch.cat(seen) < 100).float().mean())
     # uniform draws fall below 100 a tenth of the time: share + (1 - share) / 10 in all
     assert below == pytest.approx(share + (1 - share) / 10, abs=0.04)
+
+
+def test_init_from_keeps_the_saved_history_under_this_runs_recipe(tmp_path):
+    """``--init-from``: the saved model's log is continued (its note, its step count), and the recipe
+    fields are this run's flags, not the saved model's."""
+    from pipelines import SMAMotionTransferPipeline
+
+    saved = tmp_path / "saved"
+    SMAMotionTransferPipeline(**shapes_training.build_shapes_components(seed=0)).save_pretrained(saved)
+    history = {"unet_steps": 2, "offset_noise": 0.15, "low_noise_share": 0.5, "note": "two sittings",
+               "vae_round_trip": {"color": 1.0, "shape": 1.0, "background": 1.0}}
+    (saved / "training_log.json").write_text(json.dumps(history))
+    output = tmp_path / "out"
+    shapes_training.main(["--init-from", str(saved), "--workdir", str(tmp_path / "work"), "--output", str(output),
+                          "--vae-steps", "1", "--clips", "2", "--unet-steps", "3", "--batch-size", "2",
+                          "--offset-noise", "0.05", "--threads", "1"])
+    log = json.loads((output / "training_log.json").read_text())
+    assert log["offset_noise"] == 0.05 and log["low_noise_share"] == 0.0  # this run's flags
+    assert log["note"] == "two sittings" and log["vae_round_trip"] == history["vae_round_trip"]  # the saved history
+    assert log["unet_steps"] == 3 and log["unet_target_steps"] == 3

@@ -12,6 +12,7 @@ from cli import main
 from pipelines import SMAMotionTransferPipeline
 from pipelines.backbones import model_family
 from pipelines.backbones.wan import WAN_TRANSFORMER_CONFIG, build_tiny_t5_tokenizer, build_tiny_wan
+from sma_guidance.errors import UserError
 from pipelines.samplers import FlowMatchSampler
 from sma_guidance.config import WAN_FEATURE_LAYERS
 from sma_guidance.errors import UserError
@@ -283,3 +284,11 @@ def test_on_a_gpu_the_text_encoder_moves_on_once_per_encoding_block(pipe, monkey
     with pipe.text_encoder_on_device():
         pass
     assert moves == ["cuda", "cpu"]  # on a CPU nothing moves
+
+
+def test_flow_sampler_refuses_eta():
+    sampler = FlowMatchSampler(build_tiny_wan()["scheduler"])
+    sampler.check_eta(0.0)
+    with pytest.raises(UserError, match="needs a DDIM model") as err:
+        sampler.check_eta(0.5)
+    assert "\n" not in str(err.value)
