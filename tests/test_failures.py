@@ -132,13 +132,17 @@ def _corrupted_copies(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return copies
 
 
+# Each copy that still decodes runs a whole (tiny) transfer: 120 keep the suite's time in bounds.
+COPIES = 120
+
+
 class _Hang(Exception):
     pass
 
 
 def test_corrupted_inputs_give_one_error_line_or_a_valid_run(tmp_path):
-    """200 damaged copies: each ends in one `error:` line (exit 1) or a valid video (exit 0), within 10 s,
-    never a traceback."""
+    """120 damaged copies of the sample clips and a GIF: each ends in one `error:` line (exit 1) or a
+    valid video (exit 0), within 10 s, never a traceback."""
 
     def alarm(*_):
         raise _Hang
@@ -147,7 +151,7 @@ def test_corrupted_inputs_give_one_error_line_or_a_valid_run(tmp_path):
     runner = CliRunner()
     outcomes = {"error": 0, "video": 0}
     try:
-        for copy in _corrupted_copies(tmp_path, 200):
+        for copy in _corrupted_copies(tmp_path, COPIES):
             out = tmp_path / f"{copy.stem}.out.mp4"
             signal.alarm(10)
             try:
@@ -166,4 +170,4 @@ def test_corrupted_inputs_give_one_error_line_or_a_valid_run(tmp_path):
                 outcomes["error"] += 1
     finally:
         signal.signal(signal.SIGALRM, previous)
-    assert outcomes["error"] > 0 and outcomes["video"] > 0 and sum(outcomes.values()) == 200, outcomes
+    assert outcomes["error"] > 0 and outcomes["video"] > 0 and sum(outcomes.values()) == COPIES, outcomes
