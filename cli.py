@@ -650,11 +650,10 @@ def bench_appearance(model: str, seed_start: int, count: int, num_inference_step
     check_json_path(json_path, flag="--output")
     pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
     pipe.set_progress_bar_config(disable=True)
-    sampling = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta)
-    config = pipe.default_config().replace(**sampling).validate()  # bad numbers fail before sampling
-    result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)), **sampling)
-    sampler = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "eta": config.eta}
-    write_record({"model": model, "seed_start": seed_start, **sampler, **result}, json_path)
+    # generate resolves and validates the settings: a bad number is an error before the first sample.
+    result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)),
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta)
+    write_record({"model": model, "seed_start": seed_start, **result}, json_path)
     click.echo(appearance_table(result["rates"]))
     click.echo(f"\nwrote {json_path}")
 

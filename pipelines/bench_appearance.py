@@ -30,12 +30,15 @@ def appearance_scores(
     **sampling)`` and judge each with the project's metrics.
 
     Returns ``{"rows": [{"prompt", "seed", "detected_color", "detected_shape", "color", "shape",
-    "background", "clean"}, ...], "rates": {criterion: share of prompts}}``.
+    "background", "clean"}, ...], "rates": {criterion: share of prompts}, "num_inference_steps",
+    "guidance_scale", "eta"}``: the sampler settings as ``generate`` resolved them.
     """
-    rows = []
+    rows, used = [], {}
     for i, (color, shape, background) in enumerate(APPEARANCE_PROMPTS[:count]):
         prompt = f"a {color} {shape} on a {background} background"
-        frames = np.round(pipe.generate(prompt, seed=seed_start + i, **sampling).frames[0] * 255).astype(np.uint8)
+        out = pipe.generate(prompt, seed=seed_start + i, **sampling)
+        used = {key: out.config[key] for key in ("num_inference_steps", "guidance_scale", "eta")}
+        frames = np.round(out.frames[0] * 255).astype(np.uint8)
         found = metrics.detect_object(frames)
         row = {
             "prompt": prompt,
@@ -51,7 +54,7 @@ def appearance_scores(
         if log:
             log(f"{prompt} (seed {row['seed']}): " + ", ".join(f"{c} {'yes' if row[c] else 'no'}" for c in CRITERIA))
     rates = {c: float(np.mean([row[c] for row in rows])) for c in CRITERIA}
-    return {"rows": rows, "rates": rates}
+    return {"rows": rows, "rates": rates, **used}
 
 
 def appearance_table(rates: dict[str, float]) -> str:
