@@ -109,6 +109,8 @@ def _record_path(output: Path) -> Path:
                                        "[default: the family's: DMT's decoder block 1; Wan: blocks.15]")
 @click.option("--guidance-fraction", type=float, help="Share of the first steps with latent optimization. [default: 0.4]")
 @click.option("--optimization-steps", type=int, help="Adam steps on the latent per guided step. [default: 10]")
+@click.option("--learning-rate-start", type=float, help="Adam's learning rate on the latent at the first guided step. [default: 0.007; shapes: preset]")
+@click.option("--learning-rate-end", type=float, help="... and at the last guided step (linear in between). [default: 0.004; shapes: preset]")
 @click.option("--lambda-global", type=float, help="Weight of the global (Haar wavelet) motion term. [default: 0.4]")
 @click.option("--lambda-local", type=float, help="Weight of the local (FFT) motion term. [default: 0.2]")
 @click.option("--levels", type=int, help="Haar wavelet levels. [default: deepest valid for the frame count]")
@@ -117,6 +119,7 @@ def _record_path(output: Path) -> Path:
 @click.option("--low-pass-grid", type=int, help="The same cut-off as a grid of N cells along the latent's shorter side (overrides --downsample-factor). [default: off; shapes: preset]")
 @click.option("--restart/--no-restart", "restart_sampling", default=None, help="DMT's restart sampling. [default: on]")
 @click.option("--eta", type=float, help="DDIM eta of the steps after the guided ones: 0 deterministic, 1 DDPM-like. [default: 0; shapes: preset]")
+@click.option("--guidance-rescale", type=float, help="Rescale of classifier-free guidance toward the conditional prediction's spread, 0 to 1. [default: 0; shapes: preset]")
 @click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
 @click.option("--mode", type=click.Choice(["zero-shot", "fine-tune", "both"]), help="zero-shot guidance, a motion fine-tune, or both. [default: zero-shot]")
@@ -635,12 +638,14 @@ def bench_memory(
 @click.option("--steps", "num_inference_steps", type=click.IntRange(min=1), help="Sampling steps. [default: the preset's]")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance. [default: the preset's]")
 @click.option("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like. [default: the preset's]")
+@click.option("--guidance-rescale", type=float, help="Rescale of classifier-free guidance, 0 to 1. [default: the preset's]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_appearance.json"), show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-prompt lines.")
 @reports_user_errors
 def bench_appearance(model: str, seed_start: int, count: int, num_inference_steps: int | None, guidance_scale: float | None,
-                     eta: float | None, device: str, json_path: Path, quiet: bool) -> None:
+                     eta: float | None, guidance_rescale: float | None, device: str, json_path: Path,
+                     quiet: bool) -> None:
     """Plain text-to-video samples of 27 held-out appearance prompts ("a red circle on a gray background"),
     judged for colour, shape, background and one clean object; prints a table, writes JSON."""
     from pipelines import SMAMotionTransferPipeline
@@ -652,7 +657,8 @@ def bench_appearance(model: str, seed_start: int, count: int, num_inference_step
     pipe.set_progress_bar_config(disable=True)
     # generate resolves and validates the settings: a bad number is an error before the first sample.
     result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)),
-                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta)
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+                               guidance_rescale=guidance_rescale)
     write_record({"model": model, "seed_start": seed_start, **result}, json_path)
     click.echo(appearance_table(result["rates"]))
     click.echo(f"\nwrote {json_path}")

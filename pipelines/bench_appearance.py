@@ -20,6 +20,7 @@ APPEARANCE_PROMPTS: list[tuple[str, str, str]] = [
 TEST_SEED = 1000
 CRITERIA = ("color", "shape", "background", "clean")
 TARGETS = {"color": 0.95, "shape": 0.85, "background": 0.85, "clean": 0.95}
+SAMPLER_SETTINGS = ("num_inference_steps", "guidance_scale", "eta", "guidance_rescale")
 
 
 def appearance_scores(
@@ -31,13 +32,13 @@ def appearance_scores(
 
     Returns ``{"rows": [{"prompt", "seed", "detected_color", "detected_shape", "color", "shape",
     "background", "clean"}, ...], "rates": {criterion: share of prompts}, "num_inference_steps",
-    "guidance_scale", "eta"}``: the sampler settings as ``generate`` resolved them.
+    "guidance_scale", "eta", "guidance_rescale"}``: the sampler settings as ``generate`` resolved them.
     """
     rows, used = [], {}
     for i, (color, shape, background) in enumerate(APPEARANCE_PROMPTS[:count]):
         prompt = f"a {color} {shape} on a {background} background"
         out = pipe.generate(prompt, seed=seed_start + i, **sampling)
-        used = {key: out.config[key] for key in ("num_inference_steps", "guidance_scale", "eta")}
+        used = {key: out.config[key] for key in SAMPLER_SETTINGS}
         frames = np.round(out.frames[0] * 255).astype(np.uint8)
         found = metrics.detect_object(frames)
         row = {

@@ -63,8 +63,9 @@ COMPARISONS = (
     ("fine-tune + SMA", "fine-tune"),
 )
 
+PAIRED_METRICS = ("motion_fidelity", "motion_match", "path_error")
 METRICS = (
-    "motion_fidelity", "motion_match", "color_match", "shape_match", "temporal_consistency", "seconds", "inversion_seconds",
+    "motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "temporal_consistency", "seconds", "inversion_seconds",
 )
 
 
@@ -166,6 +167,7 @@ def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str
     return {
         "motion_fidelity": float(result["motion_fidelity"]),
         "motion_match": moved,
+        "path_error": float(result["path_error"]),
         "color_match": float(bool(result.get("color_match", False))),
         "shape_match": float(bool(result.get("shape_match", False))),
         "temporal_consistency": float(result["temporal_consistency"]),
@@ -343,7 +345,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float,
         rows = [r for r in records if r["method"] == name]
         table[name] = {}
         for metric in METRICS:
-            values = np.array([r[metric] for r in rows], dtype=float)
+            values = np.array([r.get(metric, math.nan) for r in rows], dtype=float)  # (older logs lack some)
             values = values[np.isfinite(values)]
             table[name][metric] = (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
     return table
@@ -351,15 +353,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float,
 
 def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], count: int) -> str:
     """The summary as a markdown table: mean ± standard deviation over ``count`` videos per method."""
-    header = "| method | motion fidelity ↑ | motion match ↑ | colour match ↑ | shape match ↑ | temporal consistency ↑ | s / video |"
-    lines = [header, "|" + "---|" * 7]
+    header = ("| method | motion fidelity ↑ | motion match ↑ | path error ↓ | colour match ↑ | shape match ↑ "
+              "| temporal consistency ↑ | s / video |")
+    lines = [header, "|" + "---|" * 8]
     for name, row in summary.items():
-        cells = ["—" if math.isnan(row[m][0]) else f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS[:5]]
+        cells = ["—" if math.isnan(row[m][0]) else f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS[:6]]
         cells.append(f"{row['seconds'][0]:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     inversion = np.nanmean([row["inversion_seconds"][0] for row in summary.values()])
     lines.append(
-        f"\n{count} videos per method (mean ± std over pairs and seeds); tracker: object centroids. "
+        f"\n{count} videos per method (mean ± std over pairs and seeds); tracker: object centroids; path error "
+        "in fractions of the frame. "
         f"s / video leaves out the DDIM inversion ({inversion:.1f} s per clip, cached and shared by every "
         "method and seed; fine-tune methods invert once more with their adapted model)."
     )
@@ -374,12 +378,12 @@ def paired_difference(records: list[dict[str, Any]], method: str, baseline: str,
     not independent samples (with the whole inversion as initial latent and no restart sampling, the
     sampler is deterministic and every seed gives the same video), so counting them apart would shrink
     the error by up to √seeds."""
-    base = {(r["pair"], r["seed"]): r[metric] for r in records if r["method"] == baseline}
+    base = {(r["pair"], r["seed"]): r.get(metric, math.nan) for r in records if r["method"] == baseline}
     by_pair: dict[Any, list[float]] = {}
     for r in records:
         key = (r["pair"], r["seed"])
         if r["method"] == method and key in base:
-            difference = r[metric] - base[key]
+            difference = r.get(metric, math.nan) - base[key]
             if np.isfinite(difference):
                 by_pair.setdefault(r["pair"], []).append(difference)
     diffs = np.array([np.mean(values) for values in by_pair.values()], dtype=float)
@@ -390,12 +394,12 @@ def paired_difference(records: list[dict[str, Any]], method: str, baseline: str,
 
 
 def comparisons(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Paired differences of :data:`COMPARISONS` present in ``records``, on motion fidelity and match:
+    """Paired differences of :data:`COMPARISONS` present in ``records``, on :data:`PAIRED_METRICS`:
     ``{"DMT + SMA − DMT": {metric: (mean, standard error, n)}}``."""
     present = {r["method"] for r in records}
     return {
         f"{method} − {baseline}": {
-            metric: paired_difference(records, method, baseline, metric) for metric in ("motion_fidelity", "motion_match")
+            metric: paired_difference(records, method, baseline, metric) for metric in PAIRED_METRICS
         }
         for method, baseline in COMPARISONS
         if method in present and baseline in present
@@ -409,8 +413,8 @@ def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> s
 
     lines = []
     for name, row in table.items():
-        (fm, fe, n), (mm, me, _) = row["motion_fidelity"], row["motion_match"]
-        lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)} "
+        (fm, fe, n), (mm, me, _), (pm, pe, _) = (row[metric] for metric in PAIRED_METRICS)
+        lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)}, path error {show(pm, pe)} "
                      f"(paired mean ± standard error over {n} clips, seeds averaged within a clip)")
     return "\n".join(lines)
 
@@ -467,7 +471,7 @@ def write_json(path: str | Path, records: list[dict[str, Any]], summary: dict, s
 
 
 __all__ = [
-    "COMPARISONS", "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "OPTIONAL_METHODS", "PAIR_SETS", "QUICK_METHODS",
+    "COMPARISONS", "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "OPTIONAL_METHODS", "PAIRED_METRICS", "PAIR_SETS", "QUICK_METHODS",
     "Pair", "ProgressLog", "benchmark_pairs", "comparison_lines", "comparisons", "held_out_pairs", "markdown_table",
     "method_config", "paired_difference", "record_key", "run_benchmark", "run_parallel", "score", "sort_records",
     "summarize", "unseen_path_pairs", "unseen_paths", "write_json",

@@ -42,6 +42,7 @@ from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import initial_latent, sma_objective_terms
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
+from sma_guidance.guidance import classifier_free_guidance
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.video_io import DEFAULT_FPS, read_clip, resize_and_crop, select_frames
 
@@ -473,14 +474,16 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     @torch.no_grad()
     def denoise_step(
         self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float, eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
-        """One step with classifier-free guidance: deterministic (DDIM with η = 0, or flow-matching
-        Euler), or DDIM with η > 0 and fresh noise from ``generator``. ``embeddings`` is ``[negative,
-        target]`` ``(2, L, D)``. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
+        """One step with classifier-free guidance (rescaled by ``guidance_rescale``,
+        :func:`~sma_guidance.guidance.classifier_free_guidance`): deterministic (DDIM with η = 0, or
+        flow-matching Euler), or DDIM with η > 0 and fresh noise from ``generator``. ``embeddings`` is
+        ``[negative, target]`` ``(2, L, D)``. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
         prediction = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
         uncond, cond = prediction.chunk(2)
-        return self.sampler.step(uncond + guidance_scale * (cond - uncond), t, latents, eta, generator)
+        guided = classifier_free_guidance(uncond, cond, guidance_scale, guidance_rescale)
+        return self.sampler.step(guided, t, latents, eta, generator)
 
     @torch.no_grad()
     def generate(
@@ -494,11 +497,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         seed: int | None = None,
         eta: float | None = None,
+        guidance_rescale: float | None = None,
         output_type: str = "np",
     ) -> SMAPipelineOutput:
         """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise, η =
-        ``config.eta`` at every step), with the same defaults as ``__call__``: useful to see what the
-        model makes of a prompt alone."""
+        ``config.eta`` at every step, rescaled by ``config.guidance_rescale``), with the same defaults
+        as ``__call__``: useful to see what the model makes of a prompt alone."""
         config = self._resolve_config(
             None,
             dict(
@@ -510,6 +514,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale,
                 seed=seed,
                 eta=eta,
+                guidance_rescale=guidance_rescale,
             ),
             {},
         )
@@ -521,7 +526,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         latents = torch.randn(shape, generator=generator).to(self.device)
         with self.speed_options(config):
             for t in self._progress_iter(timesteps, "Sampling"):
-                latents = self.denoise_step(latents, t, embeddings, config.guidance_scale, config.eta, generator)
+                latents = self.denoise_step(
+                    latents, t, embeddings, config.guidance_scale, config.eta, generator, config.guidance_rescale
+                )
             frames = self._postprocess(latents, output_type, config.vae_batch_size)
         return SMAPipelineOutput(frames=frames, config=config.to_dict(), fps=config.fps or 8.0)
 
@@ -591,7 +598,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             output_type: ``"np"`` (default), ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
-                ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``,
+                ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``, ``guidance_rescale=0.0``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
                 ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
                 settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
@@ -712,10 +719,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 previous = latents
                 # The guided steps stay deterministic: their latents are optimized against the inversion's.
                 eta = config.eta if i >= len(guided) else 0.0
-                latents = self.denoise_step(previous, t, cfg_embeddings, config.guidance_scale, eta, generator)
+                step = dict(guidance_scale=config.guidance_scale, eta=eta, generator=generator,
+                            guidance_rescale=config.guidance_rescale)
+                latents = self.denoise_step(previous, t, cfg_embeddings, **step)
                 if config.restart_sampling and i + 1 < len(timesteps):
                     latents = self.renoise(latents, timesteps[i + 1], t, generator)
-                    latents = self.denoise_step(latents, t, cfg_embeddings, config.guidance_scale, eta, generator)
+                    latents = self.denoise_step(latents, t, cfg_embeddings, **step)
                 timings["denoise"] += time.perf_counter() - clock
                 bar.update()
 

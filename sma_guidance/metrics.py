@@ -375,6 +375,44 @@ def motion_fidelity(input_tracks, output_tracks, still=_STILL_PX) -> float:
     return float(0.5 * (out_side + in_side))
 
 
+def path_error(input_tracks, output_tracks, still=_STILL_PX) -> float:
+    """How far the output's path strays from the input's: mean over frames of ``‖(τ̃_t − τ̃_0) −
+    (τ_t − τ_0)‖``, the distance between the two tracks' displacements from their first frame, for
+    every input track ``τ`` and its best-agreeing output track ``τ̃`` (highest :func:`track_correlation`),
+    averaged over input tracks; frames where either is NaN are skipped.
+
+    :func:`motion_fidelity` scores directions only, so an object that moves the right way but half as
+    far scores as high as one that follows the path; this error sees the distance. 0 = the same path
+    (wherever it starts); in track units (frame fractions for :func:`normalise_tracks`).
+
+    Args:
+        input_tracks: ``(N, F, 2)``; output_tracks: ``(M, F, 2)``, same units and F.
+        still: see :func:`track_correlation` (only used to match the tracks).
+    Returns:
+        ``>= 0``, lower is better; NaN when either side has no track.
+    """
+    corr = track_correlation(input_tracks, output_tracks, still)
+    if corr.size == 0 or np.isnan(corr).all():
+        return math.nan
+    a, b = np.asarray(input_tracks, np.float64), np.asarray(output_tracks, np.float64)
+    errors = []
+    for i, row in enumerate(corr):
+        if np.isnan(row).all():
+            continue
+        match = b[int(np.nanargmax(row))]
+        da, db = a[i] - _first_valid(a[i]), match - _first_valid(match)
+        distance = np.linalg.norm(db - da, axis=-1)
+        if np.isfinite(distance).any():
+            errors.append(np.nanmean(distance))
+    return float(np.mean(errors)) if errors else math.nan
+
+
+def _first_valid(track: np.ndarray) -> np.ndarray:
+    """A track's ``(2,)`` position in its first frame with one (NaNs when it has none)."""
+    valid = np.nonzero(np.isfinite(track).all(-1))[0]
+    return track[valid[0]] if len(valid) else np.full(2, np.nan)
+
+
 # ---- smoothness ----------------------------------------------------------------------------------
 
 
@@ -671,8 +709,8 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
     come from the same tracker.
 
     Returns:
-        ``{"tracker", "motion_fidelity", "input_tracks", "output_tracks", "temporal_consistency",
-        "frame_difference"}`` (the last two of the OUTPUT; NaN fidelity when a side has no track)
+        ``{"tracker", "motion_fidelity", "path_error", "input_tracks", "output_tracks",
+        "temporal_consistency", "frame_difference"}`` (the last two of the OUTPUT; NaN fidelity when a side has no track)
         and, when ``prompt`` names a "<color> <shape>": ``"detected_color"``, ``"detected_shape"``,
         ``"color_match"``, ``"shape_match"``; and when it also names a motion: ``"motion"``,
         ``"detected_motion"``, ``"motion_match"`` of the output's dominant object.
@@ -688,9 +726,11 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
     tr_out, _ = tracks(out, method)
     (hi, wi), (ho, wo) = inp.shape[1:3], out.shape[1:3]
     still = (_STILL_PX / max(hi, wi), _STILL_PX / max(ho, wo))  # 0.25 px in each clip's own pixels
+    norm_in, norm_out = normalise_tracks(tr_in, hi, wi), normalise_tracks(tr_out, ho, wo)
     result = {
         "tracker": method,
-        "motion_fidelity": motion_fidelity(normalise_tracks(tr_in, hi, wi), normalise_tracks(tr_out, ho, wo), still),
+        "motion_fidelity": motion_fidelity(norm_in, norm_out, still),
+        "path_error": path_error(norm_in, norm_out, still),
         "input_tracks": len(tr_in),
         "output_tracks": len(tr_out),
         "temporal_consistency": temporal_consistency(out_full),
@@ -751,6 +791,7 @@ def format_report(metrics: dict) -> str:
         ("tracker", f"{metrics['tracker']} ({metrics['input_tracks']} input / "
                     f"{metrics['output_tracks']} output tracks)"),
         ("motion fidelity", f"{show(metrics['motion_fidelity'])}  (DMT; -1..1, higher is better)"),
+        ("path error", f"{show(metrics['path_error'])}  (frame fractions; 0 = the input's path, lower is better)"),
         ("temporal consistency", f"{show(metrics['temporal_consistency'])}  (1 = identical frames)"),
         ("frame difference", f"{show(metrics['frame_difference'])}  (lower is smoother)"),
     ]
@@ -767,6 +808,6 @@ def format_report(metrics: dict) -> str:
 __all__ = [
     "TRACKERS", "background_match", "classify_motion", "classify_shape", "color_layers", "detect_object", "edit_fidelity",
     "estimate_background", "evaluate", "format_report", "frame_difference", "json_safe", "looks_like_shapes",
-    "motion_direction_match", "motion_fidelity", "normalise_tracks", "point_tracks", "resample_nearest",
+    "motion_direction_match", "motion_fidelity", "normalise_tracks", "path_error", "point_tracks", "resample_nearest",
     "seed_points", "shape_features", "shape_tracks", "single_clean_object", "temporal_consistency", "track_correlation", "tracks",
 ]

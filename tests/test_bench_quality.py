@@ -58,13 +58,15 @@ def test_run_summarize_and_report(pipe, tmp_path, monkeypatch):
         (m, p.index, s) for m in methods for p in pairs for s in (0, 1)
     ]
     for record in records:
-        assert {"motion_fidelity", "motion_match", "color_match", "shape_match", "temporal_consistency", "seconds"} <= set(record)
+        assert {"motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "temporal_consistency",
+                "seconds"} <= set(record)
         assert record["seconds"] > 0 and record["inversion_seconds"] > 0
     summary = summarize(records)
     assert list(summary) == methods
     table = markdown_table(summary, len(pairs) * 2)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == len(methods) + 1  # header + one row per method
+    assert all(row.count("|") == 9 for row in rows)  # method, 7 metrics, seconds
     path = write_json(tmp_path / "bench.json", records, summary, {"model": "tiny-random"})
     assert json.loads(path.read_text())["settings"]["model"] == "tiny-random"
 

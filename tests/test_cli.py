@@ -413,3 +413,21 @@ def test_bad_input_in_a_real_process_prints_one_line(work_dir, offline_env, run_
     assert_one_line_error(proc.returncode, proc.stderr, expected)
     assert snapshot(work_dir) == before
     assert not any(offline_env.iterdir())
+
+
+def test_learning_rate_and_guidance_rescale_flags_reach_the_config():
+    from cli import build_config
+
+    flags = {"model": "tiny-random", "learning_rate_start": 0.02, "learning_rate_end": 0.01, "guidance_rescale": 0.5}
+    config = build_config(None, flags)
+    assert (config.learning_rate_start, config.learning_rate_end, config.guidance_rescale) == (0.02, 0.01, 0.5)
+    shapes = build_config(None, {"model": "shapes"})  # the shapes preset's measured rates (README)
+    assert (shapes.learning_rate_start, shapes.learning_rate_end, shapes.guidance_rescale) == (0.012, 0.007, 0.0)
+
+
+def test_bad_guidance_rescale_is_one_error_line(moving_square_video, tmp_path):
+    output = tmp_path / "out.mp4"
+    result = invoke([moving_square_video, "--prompt", PROMPT, "-o", output, *FAST_ARGS, "--guidance-rescale", "2"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["error: guidance_rescale must be between 0 (plain guidance) and 1 (got 2.0)"]
+    assert not output.exists()

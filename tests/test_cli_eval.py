@@ -46,6 +46,13 @@ def test_eval_prints_table_and_writes_json(videos, tmp_path):
     assert data["prompt"] == "a cyan circle moving left"
     assert metrics["tracker"] == "shapes" and metrics["motion_fidelity"] > 0.8
     assert metrics["color_match"] is True and metrics["shape_match"] is True and metrics["motion_match"] is True
+    # The path error the CLI reports is the library's on the same decoded clips, printed in its row.
+    from sma_guidance.metrics import evaluate
+    from sma_guidance.video_io import read_frames
+
+    direct = evaluate(read_frames(source)[0], read_frames(output)[0], method="shapes")
+    assert metrics["path_error"] == pytest.approx(direct["path_error"], abs=1e-9) and direct["path_error"] > 0
+    assert f"path error            {direct['path_error']:.3f}" in result.output
 
 
 def test_eval_points_tracker_and_free_prompt(videos):

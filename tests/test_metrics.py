@@ -17,6 +17,7 @@ from sma_guidance.metrics import (
     motion_direction_match,
     motion_fidelity,
     normalise_tracks,
+    path_error,
     point_tracks,
     shape_tracks,
     temporal_consistency,
@@ -224,9 +225,36 @@ def test_edit_fidelity():
         edit_fidelity(frames, "a car driving in a forest")
 
 
+# ---- path error ----------------------------------------------------------------------------------
+
+
+def test_path_error_sees_the_distance_that_fidelity_does_not():
+    t = np.linspace(0.0, 1.0, 8)
+    path = np.stack([10 + 34 * t, np.full(8, 52.0)], 1)[None]
+    half = np.stack([15 + 17 * t, np.full(8, 40.0)], 1)[None]  # same direction, half as far, elsewhere
+    assert motion_fidelity(path, half) == pytest.approx(1.0)
+    # Displacements from the first frame differ by 17 t px in x: the mean over the 8 frames is 17 · mean(t).
+    assert path_error(path, half) == pytest.approx(17 * t.mean())
+    assert path_error(path, path + [5.0, -3.0]) == pytest.approx(0.0)  # only the path counts, not where it starts
+
+
+def test_path_error_matches_each_input_track_to_its_best_output_track():
+    t = np.linspace(0.0, 1.0, 6)
+    right = np.stack([10 + 20 * t, np.full(6, 10.0)], 1)
+    down = np.stack([np.full(6, 40.0), 10 + 30 * t], 1)
+    # Output: the right-moving track (2 px short at the end) and the down-moving one, in the other order.
+    outputs = np.stack([down, np.stack([10 + 18 * t, np.full(6, 10.0)], 1)])
+    expected = np.mean([(2 * t).mean(), 0.0])
+    assert path_error(np.stack([right, down]), outputs) == pytest.approx(expected)
+    gappy = outputs.copy()
+    gappy[1, 2] = np.nan  # a lost frame is skipped, not counted as an error
+    assert path_error(np.stack([right, down]), gappy) == pytest.approx(np.mean([(2 * np.delete(t, 2)).mean(), 0.0]))
+    assert math.isnan(path_error(np.zeros((0, 6, 2)), outputs))
+
+
 # ---- evaluate ------------------------------------------------------------------------------------
 
-BASE_KEYS = {"tracker", "motion_fidelity", "input_tracks", "output_tracks", "temporal_consistency", "frame_difference"}
+BASE_KEYS = {"tracker", "motion_fidelity", "path_error", "input_tracks", "output_tracks", "temporal_consistency", "frame_difference"}
 
 
 def test_evaluate_all_keys_and_mismatched_sizes():

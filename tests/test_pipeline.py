@@ -283,6 +283,28 @@ def test_generate_with_eta_is_seeded_and_differs_from_ddim(pipe):
     assert not np.allclose(first, deterministic, atol=1e-4)
 
 
+def test_guidance_rescale_reaches_generate_and_transfer(pipe, clip):
+    settings = dict(num_frames=4, num_inference_steps=4, seed=3)
+    plain = pipe.generate("a red square", guidance_scale=7.5, **settings)
+    rescaled = pipe.generate("a red square", guidance_scale=7.5, guidance_rescale=0.7, **settings)
+    assert not np.allclose(plain.frames, rescaled.frames, atol=1e-4)
+    assert rescaled.config["guidance_rescale"] == 0.7 and plain.config["guidance_rescale"] == 0.0
+    # At guidance scale 1 the guided prediction is the conditional one: nothing to rescale.
+    np.testing.assert_allclose(
+        pipe.generate("a red square", guidance_scale=1.0, **settings).frames,
+        pipe.generate("a red square", guidance_scale=1.0, guidance_rescale=1.0, **settings).frames, atol=1e-5,
+    )
+    base = pipe(clip, "a red square", **FAST).frames
+    assert not np.allclose(base, pipe(clip, "a red square", guidance_rescale=0.7, **FAST).frames, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_guidance_rescale_outside_zero_one_is_a_one_line_error(value):
+    with pytest.raises(UserError, match="guidance_rescale must") as err:
+        SMAConfig(guidance_rescale=value).validate()
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("eta, message", [(-0.1, "eta must not be negative"), (1.5, "eta must be between 0")])
 def test_eta_outside_zero_one_is_a_one_line_error(eta, message):
     with pytest.raises(UserError, match=message) as err:

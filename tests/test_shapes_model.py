@@ -73,7 +73,7 @@ def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
 
     output = tmp_path / "red_circle_right.sma.mp4"
     sample = Path(__file__).resolve().parents[1] / "samples" / "red_circle_right.mp4"
-    args = [str(sample), "--prompt", "a yellow square on a gray background", "--model", "shapes", "--side-by-side",
+    args = [str(sample), "--prompt", "a yellow triangle on a black background", "--model", "shapes", "--side-by-side",
             "--strip", "-o", str(output), "--steps", "5", "--inversion-steps", "5", "-q"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -96,15 +96,18 @@ def test_bench_appearance_command_scores_what_it_samples(tmp_path, pipe):
     from sma_guidance import metrics
 
     output = tmp_path / "appearance.json"
-    args = ["bench", "appearance", "--count", "2", "--steps", "3", "--eta", "1", "--seed-start", "5", "--output", str(output)]
+    args = ["bench", "appearance", "--count", "2", "--steps", "3", "--eta", "1", "--guidance-rescale", "0.7",
+            "--seed-start", "5", "--output", str(output)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     record = json.loads(output.read_text())
-    assert (record["eta"], record["num_inference_steps"], record["guidance_scale"]) == (1.0, 3, 7.5)
+    assert (record["eta"], record["num_inference_steps"], record["guidance_scale"], record["guidance_rescale"]) == (
+        1.0, 3, 7.5, 0.7)
     assert [row["seed"] for row in record["rows"]] == [5, 6]
     # Row 2 re-judged independently from the same sample.
     color, shape, background = PROMPTS[1]
-    frames = np.round(pipe.generate(record["rows"][1]["prompt"], seed=6, num_inference_steps=3, eta=1.0).frames[0] * 255)
+    frames = np.round(pipe.generate(record["rows"][1]["prompt"], seed=6, num_inference_steps=3, eta=1.0,
+                                   guidance_rescale=0.7).frames[0] * 255)
     frames = frames.astype(np.uint8)
     assert record["rows"][1]["background"] == metrics.background_match(frames, background)
     assert record["rows"][1]["clean"] == metrics.single_clean_object(frames)
