@@ -272,15 +272,9 @@ class SMAConfig:
             _require_float(name, getattr(self, name), positive=True)
         for name in ("guidance_scale", "lambda_global", "lambda_local"):
             _require_float(name, getattr(self, name), positive=False)
-        _require_float("guidance_fraction", self.guidance_fraction, positive=False)
-        _require_float("eta", self.eta, positive=False)  # also rejects NaN and non-numbers
-        if not 0 <= self.eta <= 1:
-            raise UserError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like) (got {self.eta})")
-        _require_float("guidance_rescale", self.guidance_rescale, positive=False)
-        if not 0 <= self.guidance_rescale <= 1:
-            raise UserError(f"guidance_rescale must be between 0 (plain guidance) and 1 (got {self.guidance_rescale})")
-        if self.guidance_fraction > 1:
-            raise UserError(f"guidance_fraction must be between 0 and 1 (got {self.guidance_fraction})")
+        _require_unit_interval("guidance_fraction", self.guidance_fraction)
+        _require_unit_interval("eta", self.eta, "0 (deterministic DDIM)", "1 (DDPM-like)")
+        _require_unit_interval("guidance_rescale", self.guidance_rescale, "0 (plain guidance)")
         if self.fps is not None:
             _require_float("fps", self.fps, positive=True)
         _require_float("start", self.start, positive=False)
@@ -364,6 +358,13 @@ def _require_float(name: str, value: Any, positive: bool) -> None:
         raise UserError(f"{name} must be positive (got {value})")
     if not positive and value < 0:
         raise UserError(f"{name} must not be negative (got {value})")
+
+
+def _require_unit_interval(name: str, value: Any, low: str = "0", high: str = "1") -> None:
+    """``value`` a number in [0, 1]; ``low`` and ``high`` name the ends in the error."""
+    _require_float(name, value, positive=False)  # also rejects NaN, negatives and non-numbers
+    if value > 1:
+        raise UserError(f"{name} must be between {low} and {high} (got {value})")
 
 
 def write_run_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
