@@ -27,23 +27,25 @@ def appearance_scores(
     pipe: Any, seed_start: int = TEST_SEED, count: int | None = None, log: Callable[[str], None] | None = None,
     **sampling: Any,
 ) -> dict[str, Any]:
-    """Sample the first ``count`` (all) prompts with ``pipe.generate(prompt, seed=seed_start + i,
-    **sampling)`` and judge each with the project's metrics.
+    """Sample the first ``count`` (all) prompts as one batch, prompt i as ``pipe.generate(prompt,
+    seed=seed_start + i, **sampling)`` samples it alone, and judge each with the project's metrics.
 
     Returns ``{"rows": [{"prompt", "seed", "detected_color", "detected_shape", "color", "shape",
     "background", "clean"}, ...], "rates": {criterion: share of prompts}, "num_inference_steps",
     "guidance_scale", "eta", "guidance_rescale"}``: the sampler settings as ``generate`` resolved them.
     """
-    rows, used = [], {}
-    for i, (color, shape, background) in enumerate(APPEARANCE_PROMPTS[:count]):
-        prompt = f"a {color} {shape} on a {background} background"
-        out = pipe.generate(prompt, seed=seed_start + i, **sampling)
-        used = {key: out.config[key] for key in SAMPLER_SETTINGS}
-        frames = np.round(out.frames[0] * 255).astype(np.uint8)
+    chosen = APPEARANCE_PROMPTS[:count]
+    prompts = [f"a {color} {shape} on a {background} background" for color, shape, background in chosen]
+    seeds = [seed_start + i for i in range(len(prompts))]
+    out = pipe.generate(prompts, seed=seeds, **sampling)
+    used = {key: out.config[key] for key in SAMPLER_SETTINGS}
+    rows = []
+    for (color, shape, background), prompt, seed, video in zip(chosen, prompts, seeds, out.frames):
+        frames = np.round(video * 255).astype(np.uint8)
         found = metrics.detect_object(frames)
         row = {
             "prompt": prompt,
-            "seed": seed_start + i,
+            "seed": seed,
             "detected_color": found["color"] if found else None,
             "detected_shape": found["shape"] if found else None,
             "color": bool(found is not None and found["color"] == color),

@@ -27,6 +27,17 @@ ModelFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (latent
 Progress = Callable[[int], object] | None
 
 
+def standard_normal(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """float32 N(0, 1) noise of ``shape`` ``(B, ...)`` on the CPU, from ``generator``; from a list of B
+    generators, item b's noise is the one its generator alone would draw for a batch of one, so a batch
+    samples what its items sampled one by one do."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
 class DDIMSampler:
     """DDIM on a ``DDIMScheduler`` (ε- or v-prediction): deterministic (η = 0) unless a step asks for η > 0."""
 
@@ -57,12 +68,13 @@ class DDIMSampler:
         return most - 1  # 999 passes through every timestep of a leading/trailing grid
 
     def step(self, model_output: torch.Tensor, t: int, latents: torch.Tensor, eta: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """One DDIM step from ``t`` to the next sampling timestep (``timesteps`` must have been set);
-        ``eta`` > 0 adds ``eta``·σ_t of fresh noise drawn from ``generator`` (DDIM paper, eq. 12 and 16)."""
+        ``eta`` > 0 adds ``eta``·σ_t of fresh noise drawn from ``generator`` (DDIM paper, eq. 12 and 16),
+        or, given one generator per batch item, each item's noise from its own."""
         if not eta:
             return self.scheduler.step(model_output, t, latents).prev_sample
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+        noise = standard_normal(latents.shape, generator).to(latents.device, latents.dtype)
         return self.scheduler.step(model_output, t, latents, eta=eta, variance_noise=noise).prev_sample
 
     def check_eta(self, eta: float) -> None:

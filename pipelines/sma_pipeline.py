@@ -474,12 +474,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     @torch.no_grad()
     def denoise_step(
         self, latents: torch.Tensor, t: int, embeddings: torch.Tensor, guidance_scale: float, eta: float = 0.0,
-        generator: torch.Generator | None = None, guidance_rescale: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None, guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """One step with classifier-free guidance (rescaled by ``guidance_rescale``,
         :func:`~sma_guidance.guidance.classifier_free_guidance`): deterministic (DDIM with η = 0, or
-        flow-matching Euler), or DDIM with η > 0 and fresh noise from ``generator``. ``embeddings`` is
-        ``[negative, target]`` ``(2, L, D)``. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
+        flow-matching Euler), or DDIM with η > 0 and fresh noise from ``generator`` (or one generator per
+        item). ``embeddings`` is ``[negative, target]`` ``(2, L, D)``, or for B latents the B negative
+        embeddings, then the B targets. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
         prediction = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
         uncond, cond = prediction.chunk(2)
         guided = classifier_free_guidance(uncond, cond, guidance_scale, guidance_rescale)
@@ -488,21 +489,33 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     @torch.no_grad()
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[str],
         negative_prompt: str | None = None,
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         eta: float | None = None,
         guidance_rescale: float | None = None,
         output_type: str = "np",
     ) -> SMAPipelineOutput:
         """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise, η =
         ``config.eta`` at every step, rescaled by ``config.guidance_rescale``), with the same defaults
-        as ``__call__``: useful to see what the model makes of a prompt alone."""
+        as ``__call__``: useful to see what the model makes of a prompt alone.
+
+        A list of prompts is sampled as one batch, with one seed per prompt (``seed`` a list of the same
+        length; an int or None: that seed, or the preset's, plus the prompt's index): each video is the
+        one ``generate(prompt[i], seed=seed[i])`` makes, up to the rounding of batched kernels. Frames are
+        ``(B, F, H, W, 3)`` (``"np"``) or ``(B, F, 3, H, W)`` (``"pt"``) for B prompts; the output's
+        ``config["seed"]`` is then the list of seeds."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise UserError("generate needs at least one prompt")
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+        if seeds is not None and len(seeds) != len(prompts):
+            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
         config = self._resolve_config(
             None,
             dict(
@@ -512,25 +525,35 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 width=width,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
-                seed=seed,
+                seed=seeds[0] if seeds else seed,
                 eta=eta,
                 guidance_rescale=guidance_rescale,
             ),
             {},
         )
+        if seeds is None:
+            seeds = [config.seed + i for i in range(len(prompts))]
+        for other in seeds[1:]:  # the first was checked with the config
+            SMAConfig(seed=other).validate()
         timesteps = self.sampling_timesteps(config.num_inference_steps)
         with self.text_encoder_on_device():
-            embeddings = torch.cat([self.encode_prompt(config.negative_prompt), self.encode_prompt(prompt)])
+            negative = self.encode_prompt(config.negative_prompt)
+            embeddings = torch.cat([negative.expand(len(prompts), -1, -1), *map(self.encode_prompt, prompts)])
         shape = self.backbone.latent_shape(self, config)
-        generator = torch.Generator("cpu").manual_seed(config.seed)
-        latents = torch.randn(shape, generator=generator).to(self.device)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        latents = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        noise_from = generators[0] if len(generators) == 1 else generators
         with self.speed_options(config):
             for t in self._progress_iter(timesteps, "Sampling"):
                 latents = self.denoise_step(
-                    latents, t, embeddings, config.guidance_scale, config.eta, generator, config.guidance_rescale
+                    latents, t, embeddings, config.guidance_scale, config.eta, noise_from, config.guidance_rescale
                 )
-            frames = self._postprocess(latents, output_type, config.vae_batch_size)
-        return SMAPipelineOutput(frames=frames, config=config.to_dict(), fps=config.fps or 8.0)
+            videos = [self._postprocess(one, output_type, config.vae_batch_size) for one in latents.split(1)]
+        frames = np.concatenate(videos) if output_type == "np" else torch.cat(videos)
+        record = config.to_dict()
+        if len(prompts) > 1:
+            record["seed"] = seeds
+        return SMAPipelineOutput(frames=frames, config=record, fps=config.fps or 8.0)
 
     def _progress_iter(self, iterable: Any, desc: str) -> Any:
         with self._progress(len(iterable), desc) as bar:

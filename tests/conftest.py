@@ -14,6 +14,13 @@ import pytest
 # too late for it: set it before any test module imports diffusers. Tests never touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# Under pytest-xdist (the README's test command runs one worker per core) each worker, and every
+# `sma-guide` process a test starts, gets its share of the cores: torch's default of all cores per
+# process makes the workers' threads spin against each other and the suite several times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 # A complete run in seconds on a CPU: the toy model, 4 frames of 64x64, 4 steps, 2 guided steps of 1
 # Adam iteration each.
 FAST_ARGS = [

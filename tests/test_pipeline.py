@@ -283,6 +283,32 @@ def test_generate_with_eta_is_seeded_and_differs_from_ddim(pipe):
     assert not np.allclose(first, deterministic, atol=1e-4)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_generate_batch_samples_what_each_prompt_samples_alone(pipe, eta):
+    settings = dict(num_frames=4, num_inference_steps=4, eta=eta)
+    prompts, seeds = ["a red square", "a blue circle", "a red square"], [3, 8, 5]
+    batch = pipe.generate(prompts, seed=seeds, **settings)
+    assert batch.frames.shape[0] == 3 and batch.config["seed"] == seeds
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = pipe.generate(prompt, seed=seed, **settings).frames
+        assert alone.shape[0] == 1
+        np.testing.assert_allclose(batch.frames[i], alone[0], atol=2e-4)
+    # Same prompt, other seed: another video (the batch does not share its noise between items).
+    assert not np.allclose(batch.frames[0], batch.frames[2], atol=1e-3)
+    # One int: that seed, then the next ones.
+    np.testing.assert_allclose(pipe.generate(prompts[:2], seed=3, **settings).frames[1],
+                               pipe.generate(prompts[1], seed=4, **settings).frames[0], atol=2e-4)
+
+
+def test_generate_batch_rejects_seeds_that_do_not_fit(pipe):
+    with pytest.raises(UserError, match="2 seeds for 3 prompts"):
+        pipe.generate(["a", "b", "c"], seed=[1, 2], num_frames=4, num_inference_steps=2)
+    with pytest.raises(UserError, match="seed must be"):
+        pipe.generate(["a", "b"], seed=[1, -2], num_frames=4, num_inference_steps=2)
+    with pytest.raises(UserError, match="at least one prompt"):
+        pipe.generate([], num_frames=4, num_inference_steps=2)
+
+
 def test_guidance_rescale_reaches_generate_and_transfer(pipe, clip):
     settings = dict(num_frames=4, num_inference_steps=4, seed=3)
     plain = pipe.generate("a red square", guidance_scale=7.5, **settings)
