@@ -178,7 +178,7 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                 video = gr.Video(label="Input clip", sources=["upload"], elem_id="input-video")
                 sample = gr.Dropdown(list(samples), value=None, label="…or a bundled sample", elem_id="sample")
                 prompt = gr.Textbox(label="Prompt: what the output shows", elem_id="prompt",
-                                    placeholder="a yellow square on a gray background")
+                                    placeholder="a yellow triangle on a black background")
                 source_prompt = gr.Textbox(label="Source prompt: what the input shows (optional)", elem_id="source-prompt")
                 chosen_model = gr.Dropdown(list(dict.fromkeys((model, *MODELS))), value=model, allow_custom_value=True,
                                            label="Model (or a Hub id / local diffusers folder)", elem_id="model")
