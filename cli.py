@@ -654,7 +654,8 @@ def bench_appearance(model: str, seed_start: int, count: int, num_inference_step
 
     check_json_path(json_path, flag="--output")
     pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
-    pipe.set_progress_bar_config(disable=True)
+    # The prompts sample as one batch, so the per-prompt lines only come at its end: the bar shows the steps.
+    pipe.set_progress_bar_config(disable=quiet)
     # generate resolves and validates the settings: a bad number is an error before the first sample.
     result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)),
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
