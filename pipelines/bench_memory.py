@@ -23,7 +23,7 @@ measurement; ``sma-guide bench speed`` on a GPU measures.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,16 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int | fl
     """Bytes of tensors created by each stage at ``config``'s size and options (weights and the
     stage's inputs excluded), the denoiser at timestep ``t``. Works on real components as on fake ones;
     the sampler's timesteps must be set (``pipe.sampling_timesteps``) before."""
+    choice = config.activation_checkpointing
+    return stage_memory_by_checkpointing(pipe, config, t, (choice,))[choice]
+
+
+def stage_memory_by_checkpointing(
+    pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int | float, choices: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """:func:`stage_memory` for each activation-checkpointing choice in ``choices``. Only the guidance
+    iteration (the one stage with a backward) depends on the choice, so the other stages, and the
+    reference features the guidance needs, are measured once and shared."""
     denoiser, vae = pipe.denoiser, pipe.vae
     shape = pipe.backbone.latent_shape(pipe, config)
     weights = [*denoiser.parameters(), *denoiser.buffers(), *vae.parameters(), *vae.buffers(),
@@ -170,16 +180,20 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int | fl
     with counter:
         embedding = pipe.encode_prompt("a benchmark prompt")
     results["prompt encoding"] = counter.peak
+    guidance: dict[str, int] = {}
     with pipe.speed_options(config):
         with recorder, torch.no_grad():
             reference = recorder.run(pipe._unet_call, latents, t, embedding)
-        optimized = latents.clone().requires_grad_(True)
-        counter = TensorMemory().exclude([*weights, latents, embedding, optimized, *reference.values()])
-        with counter, recorder, pipe.guidance_backward(config), torch.enable_grad():
-            terms = pipe.guidance_objective(optimized, t, embedding, reference, recorder, config)
-            terms["total"].backward()
-            del terms
-        results["guidance iteration"] = counter.peak
+        for choice in choices:
+            chosen = config.replace(activation_checkpointing=choice)
+            optimized = latents.clone().requires_grad_(True)
+            counter = TensorMemory().exclude([*weights, latents, embedding, optimized, *reference.values()])
+            with counter, recorder, pipe.guidance_backward(chosen), torch.enable_grad():
+                terms = pipe.guidance_objective(optimized, t, embedding, reference, recorder, chosen)
+                terms["total"].backward()
+                del terms
+            guidance[choice] = counter.peak
+        results["guidance iteration"] = 0  # keeps the stages in the order a run meets them
 
         embeddings = torch.cat([embedding, embedding])
         counter = TensorMemory().exclude([*weights, latents, embeddings])
@@ -201,7 +215,7 @@ def stage_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, t: int | fl
         with counter:
             pipe.decode_latents(few, config.vae_batch_size)
         results["VAE decode"] = counter.peak
-    return results
+    return {choice: {**results, "guidance iteration": guidance[choice]} for choice in choices}
 
 
 def estimate_memory(
@@ -224,8 +238,7 @@ def estimate_memory(
         # weights on the GPU during the loop: without a text encoder that is moved off after encoding
         loop_weights = sum(weights.values()) - (weights["text_encoder"] if backbone.offloads_text_encoder else 0)
         columns = {}
-        for choice in checkpointing:
-            stages = stage_memory(pipe, config.replace(activation_checkpointing=choice), t)
+        for choice, stages in stage_memory_by_checkpointing(pipe, config, t, checkpointing).items():
             loop = max(value for stage, value in stages.items() if stage != "prompt encoding")
             peak = max(sum(weights.values()) + stages["prompt encoding"], loop_weights + loop)
             columns[choice] = {"stages": stages, "peak_bytes": peak}
@@ -272,4 +285,4 @@ def memory_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["component_configs", "estimate_memory", "memory_table", "stage_memory"]
+__all__ = ["component_configs", "estimate_memory", "memory_table", "stage_memory", "stage_memory_by_checkpointing"]

@@ -118,7 +118,7 @@ def test_parallel_worker_failure_is_reported():
     job = dict(model="tiny-random", device="cpu", methods=["DMT"], per_motion=1, num_frames=8, seeds=[0],
                overrides={"optimization_steps": -1})
     with pytest.raises(RuntimeError, match="optimization_steps"):
-        run_parallel(job, workers=2)
+        run_parallel(job, workers=1)  # one worker process: each one costs seconds of imports
 
 
 def test_cli_runs_with_a_config_file_over_the_preset(tmp_path):

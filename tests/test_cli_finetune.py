@@ -80,18 +80,6 @@ def test_saved_adapter_is_reused_without_training(fine_tune_runs):
     assert runs["second"].stat().st_size > 0
 
 
-def test_fine_tune_in_a_real_process(moving_square_video, run_cli, tmp_path):
-    output = tmp_path / "ft.mp4"
-    proc = run_cli([moving_square_video, "--prompt", PROMPT, "-o", output, *FAST_ARGS,
-                    "--mode", "fine-tune", "--train-steps", "3", "--residual", "abs"])
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert output.is_file()
-    record = load_record(output.with_suffix(".json"))
-    assert len(record["train_loss_history"]) == 3
-    assert record["config"]["mode"] == "fine-tune" and record["config"]["residual"] == "abs"
-
-
 # -------------------------------------------------------------------------------------- bad input
 
 
