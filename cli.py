@@ -172,22 +172,25 @@ def transfer(
 ) -> None:
     """The run command's work (also one job of ``batch``): checks, the run, the files. ``pipelines``
     caches loaded models by (model, motion adapter, device, dtype) across calls."""
-    from pipelines.finetune import MotionAdapter
+    # Checks that need no library first: a typo is reported at once, not after seconds of imports (torch;
+    # build_config's family detection imports diffusers).
+    if not prompt.strip():
+        raise UserError("the prompt is empty; describe what the output should show")
+    if not input_path.exists():
+        raise UserError(f"input not found: {input_path} — check the path")
     from sma_guidance.video_io import (
         check_output_path, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
     )
 
     config = build_config(config_file, flags)
-    if not prompt.strip():
-        raise UserError("the prompt is empty; describe what the output should show")
-    if not input_path.exists():
-        raise UserError(f"input not found: {input_path} — check the path")
     read_clip(input_path, config.num_frames, config.start, config.duration)  # fail before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)
     record_path = check_output_path_record(_record_path(output), input_path)
     comparison = check_output_path(_comparison_path(output), input_path) if side_by_side else None
     picture = _strip_path(output) if strip else None
     if config.adapter:
+        from pipelines.finetune import MotionAdapter
+
         MotionAdapter.load(config.adapter)  # a missing or foreign file fails before the model loads
     if save_adapter is not None:
         check_adapter_path(save_adapter, config, input_path, output)

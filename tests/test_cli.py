@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -425,3 +427,19 @@ def test_bad_guidance_rescale_is_one_error_line(moving_square_video, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["error: guidance_rescale must be between 0 (plain guidance) and 1 (got 2.0)"]
     assert not output.exists()
+
+
+def test_a_missing_input_is_reported_before_any_heavy_import(tmp_path):
+    """A typo in the path is answered at once: no torch or diffusers import (seconds) before the check."""
+    script = (
+        "import sys\n"
+        "from cli import main\n"
+        "try:\n"
+        "    main(['no-such-clip.mp4', '--prompt', 'a dog'], prog_name='sma-guide')\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "1 []", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "error: input not found: no-such-clip.mp4 — check the path"
