@@ -226,6 +226,17 @@ def _redraw_share(t: torch.Tensor, share: float, bounds: tuple[int, int], genera
     return torch.where(torch.rand(t.shape, generator=generator, device=t.device) < share, redrawn, t)
 
 
+def clip_draw_probability(specs: list, shape_weights: dict[str, float] | None) -> np.ndarray | None:
+    """Probability of drawing each pool clip ``(N,)``: proportional to the weight of its first object's
+    shape (unnamed shapes 1); ``None`` (uniform) without weights."""
+    if not shape_weights:
+        return None
+    weights = np.array([shape_weights.get(spec.objects[0].shape, 1.0) for spec in specs], float)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"shape weights must be >= 0 and not all 0, got {shape_weights}")
+    return weights / weights.sum()
+
+
 def train_unet(
     components: dict[str, Any],
     latents: torch.Tensor,
@@ -246,6 +257,7 @@ def train_unet(
     restart_minutes: float | None = None,
     object_weight: float = 1.0,
     peak_lr: float = 3e-4,
+    shape_weights: dict[str, float] | None = None,
 ) -> None:
     """Joint training of the UNet3D and the text encoder on the scheduler's prediction type (ε or v);
     resumes from ``workdir/unet.pt``. ``latents`` may live on the CPU; the UNet's device is used.
@@ -254,7 +266,8 @@ def train_unet(
     warm-up). With ``restart_minutes`` this sitting is instead a warm restart: its own cosine over that
     many minutes (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
     ``minutes`` are then ignored. ``object_weight`` > 1 weighs the loss on the latent cells the objects
-    cover (:func:`object_masks`) that many times the background's."""
+    cover (:func:`object_masks`) that many times the background's. ``shape_weights`` (e.g.
+    ``{"square": 2.0}``; unnamed shapes 1) draws clips whose first object has that shape that much more often."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     device = next(unet.parameters()).device
     latents = latents.to(device)
@@ -263,6 +276,7 @@ def train_unet(
     masks = object_masks(specs, latents.shape[-1]).to(device) if object_weight != 1 else None
     alphas = components["scheduler"].alphas_cumprod.float().to(device)
     predicts_velocity = components["scheduler"].config.prediction_type == "v_prediction"
+    draw_probability = clip_draw_probability(specs, shape_weights)
     checkpoint = workdir / "unet.pt"
     params = [*unet.parameters(), *text_encoder.parameters()]
     # The temporal layers start as identities (zero-initialised last convs / projections) and move
@@ -318,7 +332,10 @@ def train_unet(
         lr = peak_lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         for group in optimizer.param_groups:
             group["lr"] = lr * group["scale"]
-        index = rng.integers(0, len(latents), batch_size)
+        if draw_probability is None:  # the default recipe keeps its random stream
+            index = rng.integers(0, len(latents), batch_size)
+        else:
+            index = rng.choice(len(latents), batch_size, p=draw_probability)
         clean = latents[torch.from_numpy(index).to(device)] * components["vae"].config.scaling_factor
         captions = [
             "" if rng.random() < 0.1 else shapes.random_caption(specs[i], rng) for i in index.tolist()
@@ -375,6 +392,7 @@ def train_unet(
         log.setdefault("unet_restarts", []).append(
             {"from_step": start, "to_step": step, "minutes": restart_minutes, "batch_size": batch_size,
              "peak_lr": peak_lr, "object_weight": object_weight, "low_noise_share": low_noise_share,
+             "high_noise_share": high_noise_share, "shape_weights": shape_weights or {},
              "device": str(device), "seconds": round(time.time() - clock)}
         )
     unet.eval()
@@ -558,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="peak learning rate (a short sitting on an annealed model wants less, e.g. 1e-4)")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="what the UNet predicts (a variant we tried: v_prediction)")
+    parser.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=WEIGHT",
+                        help="draw clips of this first shape WEIGHT times as often (repeatable; e.g. square=2)")
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
     )
@@ -567,6 +587,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention-at-16", action="store_true",
                         help="text cross-attention at the 16×16 level too (grafted in as identities with --init-from)")
     args = parser.parse_args(argv)
+    shape_weights = {}
+    for item in args.shape_weight:
+        shape, _, weight = item.partition("=")
+        try:
+            shape_weights[shape] = float(weight)
+        except ValueError:
+            shape_weights[shape] = -1.0
+        if shape not in shapes.SHAPES or not shape_weights[shape] >= 0:
+            parser.error(f"--shape-weight {item!r}: give SHAPE=WEIGHT with SHAPE one of {', '.join(shapes.SHAPES)} "
+                         "and WEIGHT >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -601,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
                high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
                low_noise_share=args.low_noise_share, low_noise_until=args.low_noise_until,
                offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr,
-               batch_size=args.batch_size, restart_minutes=args.restart_minutes)
+               batch_size=args.batch_size, restart_minutes=args.restart_minutes, shape_weights=shape_weights)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline

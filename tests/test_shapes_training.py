@@ -382,3 +382,25 @@ def test_init_from_keeps_the_saved_history_under_this_runs_recipe(tmp_path):
     assert log["offset_noise"] == 0.05 and log["low_noise_share"] == 0.0  # this run's flags
     assert log["note"] == "two sittings" and log["vae_round_trip"] == history["vae_round_trip"]  # the saved history
     assert log["unet_steps"] == 3 and log["unet_target_steps"] == 3
+
+
+def test_shape_weights_draw_clips_of_that_shape_that_much_more_often():
+    rng = np.random.default_rng(0)
+    specs = [shapes.sample_clip_spec(rng, p_two=0.5) for _ in range(300)]
+    assert shapes_training.clip_draw_probability(specs, {}) is None  # the default recipe: uniform draws
+    probability = shapes_training.clip_draw_probability(specs, {"square": 3.0})
+    first = np.array([spec.objects[0].shape for spec in specs])
+    counts = {shape: int((first == shape).sum()) for shape in shapes.SHAPES}
+    assert probability.sum() == pytest.approx(1.0)
+    mass = probability[first == "square"].sum()
+    assert mass == pytest.approx(3 * counts["square"] / (3 * counts["square"] + counts["circle"] + counts["triangle"]))
+    # every square clip 3 times as likely as any other clip, however many objects it holds
+    assert np.allclose(probability[first == "square"], 3 * probability[first == "circle"][0])
+    with pytest.raises(ValueError, match="not all 0"):
+        shapes_training.clip_draw_probability(specs, {s: 0.0 for s in shapes.SHAPES})
+
+
+def test_shape_weight_flag_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        shapes_training.main(["--shape-weight", "hexagon=2"])
+    assert "SHAPE=WEIGHT with SHAPE one of circle, square, triangle" in capsys.readouterr().err
