@@ -547,6 +547,19 @@ def _load_text_encoder(components: dict[str, Any], text_encoder: torch.nn.Module
     components["text_encoder"].load_state_dict(state)
 
 
+def _shape_weight(text: str) -> tuple[str, float]:
+    """``"square=2"`` → ``("square", 2.0)``; argparse reports the error on anything else."""
+    shape, _, weight = text.partition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = math.nan
+    if shape not in shapes.SHAPES or not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give SHAPE=WEIGHT with SHAPE one of {', '.join(shapes.SHAPES)} and WEIGHT >= 0")
+    return shape, value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=SHAPES_MODEL_DIR)
@@ -576,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="peak learning rate (a short sitting on an annealed model wants less, e.g. 1e-4)")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="what the UNet predicts (a variant we tried: v_prediction)")
-    parser.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=WEIGHT",
+    parser.add_argument("--shape-weight", type=_shape_weight, action="append", default=[], metavar="SHAPE=WEIGHT",
                         help="draw clips of this first shape WEIGHT times as often (repeatable; e.g. square=2)")
     parser.add_argument(
         "--init-from", type=Path, default=None, help="continue from a saved model folder (e.g. the bundled one)"
@@ -587,16 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention-at-16", action="store_true",
                         help="text cross-attention at the 16×16 level too (grafted in as identities with --init-from)")
     args = parser.parse_args(argv)
-    shape_weights = {}
-    for item in args.shape_weight:
-        shape, _, weight = item.partition("=")
-        try:
-            shape_weights[shape] = float(weight)
-        except ValueError:
-            shape_weights[shape] = -1.0
-        if shape not in shapes.SHAPES or not shape_weights[shape] >= 0:
-            parser.error(f"--shape-weight {item!r}: give SHAPE=WEIGHT with SHAPE one of {', '.join(shapes.SHAPES)} "
-                         "and WEIGHT >= 0")
+    shape_weights = dict(args.shape_weight)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
