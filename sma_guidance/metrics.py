@@ -444,44 +444,75 @@ def frame_difference(frames) -> float:
 
 # ---- shapes-world edit fidelity ------------------------------------------------------------------
 
-# Measured on rendered clips, every colour/background, object sizes 10–24 px at 64 px and 5–12 px at
-# 32 px, random sub-pixel positions (anti-aliased): fill ratio circle 0.78–0.84, square 1.00–1.03,
-# triangle 0.51–0.59 at 64 px but up to 0.73 for 5–7 px triangles; centroid height circle/square
-# 0.49–0.51, triangle 0.59–0.73. So fill ratio splits squares from circles, and a triangle is
-# recognised by either cue.
-_SQUARE_MIN_FILL = 0.9
-_TRIANGLE_MAX_FILL = 0.69
-_TRIANGLE_MIN_CENTROID = 0.56
+# The radial profile r(φ) of an object (how far its coverage reaches from its centroid along each
+# direction) is flat for a circle and has a 4-fold ripple for a square and a 3-fold one for a triangle,
+# whatever their orientation: a bounding-box fill ratio reads a square tilted by 15° (fill 0.67) as a
+# triangle and one tilted by 8° (0.78) as a circle. Relative amplitudes |r̂_k| / r̂_0 measured on renders
+# (every object size 10–24 px at 64 px and 5–12 px at 32 px, random sub-pixel centres, upright and at
+# random angles): circle k=3 and k=4 ≤ 0.006; square k=4 0.058–0.072, k=3 ≤ 0.005; triangle k=3
+# 0.106–0.137, k=4 ≤ 0.007. Each is divided by its ideal value below, so 1 reads "as much ripple as the
+# ideal polygon" and 0 "round"; an object is a polygon from halfway between.
+_SQUARE_RIPPLE = 0.068  # |r̂_4| / r̂_0 of an ideal square
+_TRIANGLE_RIPPLE = 0.13  # |r̂_3| / r̂_0 of an ideal equilateral triangle
+_POLYGON_MIN_RIPPLE = 0.5
+_RAYS = 72
+_RAY_STEP = 0.25  # px between samples along a ray
+
+
+def _largest_blob(weights: np.ndarray) -> np.ndarray:
+    """``weights (H, W)`` outside its 8-connected blob of the most coverage set to 0: a second object of
+    the same colour would otherwise put the centroid between the two."""
+    labels, _ = _component_labels(weights > 0)
+    if labels.max() <= 1:
+        return weights
+    mass = np.bincount(labels.ravel(), weights=weights.ravel())
+    mass[0] = 0
+    return np.where(labels == int(mass.argmax()), weights, 0).astype(weights.dtype)
+
+
+def radial_profile(weights: np.ndarray, rays: int = _RAYS) -> np.ndarray:
+    """r(φ_j) = ∫ coverage(c + t·(cos φ_j, sin φ_j)) dt from the coverage centroid c, φ_j = 2πj / rays:
+    float64 ``(rays,)`` in px. Integrating the (bilinearly sampled) coverage rather than finding an
+    edge keeps the anti-aliased rim's sub-pixel position. ``weights (H, W)`` must not be empty."""
+    h, w = weights.shape
+    weights = weights.astype(np.float64)
+    area = weights.sum()
+    cy = weights.sum(1) @ np.arange(h) / area
+    cx = weights.sum(0) @ np.arange(w) / area
+    phi = np.arange(rays) * 2 * math.pi / rays
+    t = np.arange(0.5, max(h, w) / _RAY_STEP) * _RAY_STEP
+    x, y = cx + np.cos(phi)[:, None] * t, cy + np.sin(phi)[:, None] * t
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    padded = np.pad(weights, 1)  # samples off the frame read 0
+
+    def at(row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        return padded[np.clip(row + 1, 0, h + 1), np.clip(col + 1, 0, w + 1)]
+
+    samples = (at(y0, x0) * (1 - fx) * (1 - fy) + at(y0, x0 + 1) * fx * (1 - fy)
+               + at(y0 + 1, x0) * (1 - fx) * fy + at(y0 + 1, x0 + 1) * fx * fy)
+    return samples.sum(1) * _RAY_STEP
 
 
 def shape_features(weights: np.ndarray) -> tuple[float, float]:
-    """``(fill ratio, centroid height)`` of one object's coverage ``(H, W)``; NaNs when empty.
-
-    fill ratio = coverage / soft bounding box, whose width (height) sums the largest coverage in
-    each column (row), so a partly covered rim column counts by its coverage rather than as a whole
-    pixel: square ≈ 1, circle ≈ π/4, upright triangle ≈ 1/2. centroid height = where the centroid
-    sits in that box, from the top: 1/2 for circles and squares, 2/3 for an apex-up triangle.
-    """
-    cols, rows = weights.max(0), weights.max(1)
-    width, height, area = float(cols.sum()), float(rows.sum()), float(weights.sum())
-    if area <= 0:
+    """``(triangle ripple, square ripple)`` of one object's coverage ``(H, W)``: the 3rd and 4th
+    harmonics of its :func:`radial_profile` relative to the mean radius, each divided by an ideal
+    triangle's (square's) value, so a circle gives ≈ (0, 0), a square ≈ (0, 1), a triangle ≈ (1, 0) at
+    any orientation; NaNs when empty. Only the blob holding most of the coverage counts."""
+    if not weights.sum() > 0:
         return math.nan, math.nan
-    first = int(np.nonzero(rows)[0][0])
-    top = first + 0.5 - rows[first]  # the box's top edge: the first row counts by its coverage
-    cy = float(weights.sum(1) @ np.arange(len(rows))) / area
-    return area / (width * height), (cy - top) / height
+    spectrum = np.abs(np.fft.rfft(radial_profile(_largest_blob(weights))))
+    return float(spectrum[3] / spectrum[0] / _TRIANGLE_RIPPLE), float(spectrum[4] / spectrum[0] / _SQUARE_RIPPLE)
 
 
 def classify_shape(weights: np.ndarray) -> str | None:
-    """SHAPES entry for one object's coverage ``(H, W)`` (see the thresholds above); None when empty."""
-    fill, centroid = shape_features(weights)
-    if math.isnan(fill):
+    """SHAPES entry for one object's coverage ``(H, W)`` (see the ripples above); None when empty."""
+    triangle, square = shape_features(weights)
+    if math.isnan(triangle):
         return None
-    if fill >= _SQUARE_MIN_FILL:
-        return "square"
-    if fill <= _TRIANGLE_MAX_FILL or centroid >= _TRIANGLE_MIN_CENTROID:
-        return "triangle"
-    return "circle"
+    if max(triangle, square) < _POLYGON_MIN_RIPPLE:
+        return "circle"
+    return "triangle" if triangle >= square else "square"
 
 
 def detect_object(frames, background=None) -> dict | None:
@@ -545,26 +576,32 @@ def background_match(frames, name: str, tolerance: float = _BACKGROUND_TOLERANCE
                for part in (ring, frames.reshape(-1, 3)))
 
 
-def _components(mask: np.ndarray, min_pixels: int) -> int:
-    """How many 8-connected components of ``min_pixels`` or more a bool ``(H, W)`` mask holds."""
-    seen = np.zeros_like(mask)
-    count = 0
+def _component_labels(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """8-connected components of a bool ``(H, W)`` mask: int labels ``(H, W)`` (0 outside the mask,
+    k for the k-th component found) and each component's pixel count (entry k - 1)."""
+    labels = np.zeros(mask.shape, np.int32)
+    sizes: list[int] = []
     for start in zip(*np.nonzero(mask)):
-        if seen[start]:
+        if labels[start]:
             continue
-        stack, size = [start], 0
-        seen[start] = True
+        sizes.append(0)
+        stack = [start]
+        labels[start] = len(sizes)
         while stack:
             i, j = stack.pop()
-            size += 1
+            sizes[-1] += 1
             for di in (-1, 0, 1):
                 for dj in (-1, 0, 1):
                     a, b = i + di, j + dj
-                    if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
-                        seen[a, b] = True
+                    if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not labels[a, b]:
+                        labels[a, b] = len(sizes)
                         stack.append((a, b))
-        count += size >= min_pixels
-    return count
+    return labels, sizes
+
+
+def _components(mask: np.ndarray, min_pixels: int) -> int:
+    """How many 8-connected components of ``min_pixels`` or more a bool ``(H, W)`` mask holds."""
+    return sum(size >= min_pixels for size in _component_labels(mask)[1])
 
 
 def single_clean_object(frames, max_stray_pixels: int = 6) -> bool:
@@ -808,6 +845,7 @@ def format_report(metrics: dict) -> str:
 __all__ = [
     "TRACKERS", "background_match", "classify_motion", "classify_shape", "color_layers", "detect_object", "edit_fidelity",
     "estimate_background", "evaluate", "format_report", "frame_difference", "json_safe", "looks_like_shapes",
-    "motion_direction_match", "motion_fidelity", "normalise_tracks", "path_error", "point_tracks", "resample_nearest",
-    "seed_points", "shape_features", "shape_tracks", "single_clean_object", "temporal_consistency", "track_correlation", "tracks",
+    "motion_direction_match", "motion_fidelity", "normalise_tracks", "path_error", "point_tracks", "radial_profile",
+    "resample_nearest", "seed_points", "shape_features", "shape_tracks", "single_clean_object", "temporal_consistency",
+    "track_correlation", "tracks",
 ]

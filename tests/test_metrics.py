@@ -10,6 +10,7 @@ from sma_guidance import shapes
 from sma_guidance.errors import UserError
 from sma_guidance.metrics import (
     classify_motion,
+    classify_shape,
     detect_object,
     edit_fidelity,
     evaluate,
@@ -19,6 +20,8 @@ from sma_guidance.metrics import (
     normalise_tracks,
     path_error,
     point_tracks,
+    radial_profile,
+    shape_features,
     shape_tracks,
     temporal_consistency,
     tracks,
@@ -181,6 +184,55 @@ def test_detect_shape_at_every_size(frame_size):
                             num_frames=4, size=frame_size)
             found = detect_object(render(spec))
             assert (found["color"], found["shape"]) == (color, shape), (size, shape)
+
+
+def _turned(shape: str, size: float, centre, angle: float, frame_size: int = 64) -> np.ndarray:
+    """Anti-aliased coverage ``(H, W)`` of the renderer's shape turned by ``angle`` (radians) about ``centre``."""
+    grid = np.arange(frame_size, dtype=np.float64)
+    dx, dy = grid[None, :] - centre[0], grid[:, None] - centre[1]
+    cos, sin = math.cos(angle), math.sin(angle)
+    return np.clip(0.5 - shapes._sdf(shape, size, cos * dx + sin * dy, cos * dy - sin * dx), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("frame_size", [64, 32])
+def test_classify_shape_at_any_orientation(frame_size):
+    # The model draws squares a few degrees off axis; a bounding-box fill ratio read them as circles or
+    # triangles (a square turned by 15° fills 1 / (1 + sin 30°) = 2/3 of its box, a triangle's range).
+    rng = np.random.default_rng(frame_size)
+    for shape in SHAPES:
+        for size in range(10, 25, 2):
+            centre = frame_size / 2 + rng.uniform(-2, 2, 2)
+            weights = _turned(shape, size * frame_size / 64, centre, rng.uniform(0, 2 * math.pi), frame_size)
+            assert classify_shape(weights) == shape, (shape, size)
+    square = _turned("square", 20, (32, 32), math.radians(15))
+    assert square.sum() / (np.ptp(np.nonzero(square > 0.5)[0]) + 1) ** 2 < 0.75  # what fooled the fill ratio
+
+
+def test_shape_features_are_turn_invariant_ripples():
+    for angle in (0.0, 0.4, 1.3):
+        triangle, square = shape_features(_turned("square", 20, (31.3, 30.6), angle))
+        assert abs(square - 1) < 0.1 and triangle < 0.1
+        triangle, square = shape_features(_turned("triangle", 20, (31.3, 30.6), angle))
+        assert abs(triangle - 1) < 0.1 and square < 0.1
+    assert max(shape_features(_turned("circle", 20, (31.3, 30.6), 0.0))) < 0.05
+    assert all(math.isnan(v) for v in shape_features(np.zeros((64, 64))))
+
+
+def test_radial_profile_reaches_the_edge():
+    # A disc of radius 9 reaches 9 px every way; a square of half-side 8 reaches 8 px along its axes and
+    # 8√2 along its diagonals (the integral of anti-aliased coverage lands on the edge to a fraction of a px).
+    disc = radial_profile(_turned("circle", 18, (30.4, 33.2), 0.0), rays=8)
+    assert np.allclose(disc, 9, atol=0.15)
+    square = radial_profile(_turned("square", 16, (30.0, 33.0), 0.0), rays=8)
+    assert np.allclose(square[0::2], 8, atol=0.15) and np.allclose(square[1::2], 8 * math.sqrt(2), atol=0.3)
+
+
+def test_classify_shape_reads_the_largest_blob():
+    # A second, smaller blob of the same colour (the model sometimes draws a twin) must not move the
+    # centroid between the two and turn a square into something else.
+    weights = np.maximum(_turned("square", 20, (20, 20), 0.2), _turned("circle", 9, (48, 46), 0.0))
+    assert classify_shape(weights) == "square"
+    assert classify_shape(np.maximum(_turned("triangle", 20, (44, 40), 0.0), _turned("square", 10, (12, 12), 0.0))) == "triangle"
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
