@@ -179,9 +179,10 @@ def transfer(
     if not input_path.exists():
         raise UserError(f"input not found: {input_path} — check the path")
     from sma_guidance.video_io import (
-        check_output_path, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
+        check_output_path, check_readable, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
     )
 
+    check_readable(input_path)  # junk is refused before build_config imports diffusers
     config = build_config(config_file, flags)
     read_clip(input_path, config.num_frames, config.start, config.duration)  # fail before the (slow) model load
     output = check_output_path(output or _default_output(input_path), input_path)

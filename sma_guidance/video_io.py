@@ -69,6 +69,15 @@ def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return np.stack(frames), source.fps
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Open ``path``'s reader, which reads a video's metadata (or lists a folder's images), and raise the
+    one-line :class:`UserError` of :func:`read_frames` if that fails: junk is refused before the slower
+    work (a model's family detection and loading) that reading the clip itself has to wait for."""
+    path = _existing(path)
+    with _decoding(path):
+        _open_source(path)
+
+
 def read_clip(
     path: str | os.PathLike, num_frames: int, start: float = 0.0, duration: float | None = None
 ) -> tuple[np.ndarray, float]:

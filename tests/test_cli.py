@@ -443,3 +443,10 @@ def test_a_missing_input_is_reported_before_any_heavy_import(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "1 []", proc.stdout + proc.stderr
     assert proc.stderr.strip() == "error: input not found: no-such-clip.mp4 — check the path"
+
+    # A file that is no video is refused before the model family is detected (diffusers, ~10 s here).
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    script = script.replace("no-such-clip.mp4", "junk.mp4").replace("('torch', 'diffusers')", "('diffusers',)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "1 []", proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: could not read junk.mp4 as a video") and proc.stderr.count("\n") == 1

@@ -122,10 +122,17 @@ def test_image_dir_natural_order_and_mode_conversion(tmp_path):
         (lambda d: _write_bytes(_mkdir(d / "junk") / "a.txt", b"x").parent, "no images"),
     ],
 )
-def test_read_errors_are_one_line_user_errors(tmp_path, make, message):
+@pytest.mark.parametrize("reader", [read_frames, video_io.check_readable])
+def test_read_errors_are_one_line_user_errors(tmp_path, make, message, reader):
     with pytest.raises(UserError, match=message) as info:
-        read_frames(make(tmp_path))
+        reader(make(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_check_readable_passes_a_real_clip_and_folder(tmp_path):
+    video_io.check_readable(export_to_video(moving_square(num_frames=4), tmp_path / "clip.mp4"))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "0.png")
+    video_io.check_readable(tmp_path)
 
 
 def test_too_few_frames(tmp_path):
