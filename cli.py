@@ -419,7 +419,8 @@ def bench_quality(
             click.echo(
                 f"{record['method']:<16} pair {record['pair']:>2} seed {record['seed']} {record['motion']:<10} "
                 f"fidelity {record['motion_fidelity']:+.2f} motion {record['motion_match']:.0f} "
-                f"colour {record['color_match']:.0f} shape {record['shape_match']:.0f} ({record['seconds']:.1f}s)",
+                f"colour {record['color_match']:.0f} shape {record['shape_match']:.0f} "
+                f"background {record['background_match']:.0f} ({record['seconds']:.1f}s)",
                 err=True,
             )
 

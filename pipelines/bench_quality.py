@@ -65,8 +65,10 @@ COMPARISONS = (
 
 PAIRED_METRICS = ("motion_fidelity", "motion_match", "path_error")
 METRICS = (
-    "motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "temporal_consistency", "seconds", "inversion_seconds",
+    "motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "background_match", "temporal_consistency",
+    "seconds", "inversion_seconds",
 )
+TABLE_METRICS = METRICS[:7]  # the columns scored as mean ± std; seconds are shown as a mean
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str
         "path_error": float(result["path_error"]),
         "color_match": float(bool(result.get("color_match", False))),
         "shape_match": float(bool(result.get("shape_match", False))),
+        # NaN when the target prompt names no background: nothing was asked, so nothing can be missed
+        "background_match": float(result["background_match"]) if "background_match" in result else math.nan,
         "temporal_consistency": float(result["temporal_consistency"]),
     }
 
@@ -354,10 +358,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float,
 def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], count: int) -> str:
     """The summary as a markdown table: mean ± standard deviation over ``count`` videos per method."""
     header = ("| method | motion fidelity ↑ | motion match ↑ | path error ↓ | colour match ↑ | shape match ↑ "
-              "| temporal consistency ↑ | s / video |")
-    lines = [header, "|" + "---|" * 8]
+              "| background match ↑ | temporal consistency ↑ | s / video |")
+    lines = [header, "|" + "---|" * 9]
     for name, row in summary.items():
-        cells = ["—" if math.isnan(row[m][0]) else f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS[:6]]
+        cells = ["—" if math.isnan(row[m][0]) else f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in TABLE_METRICS]
         cells.append(f"{row['seconds'][0]:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     inversion = np.nanmean([row["inversion_seconds"][0] for row in summary.values()])

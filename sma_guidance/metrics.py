@@ -749,7 +749,8 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
         ``{"tracker", "motion_fidelity", "path_error", "input_tracks", "output_tracks",
         "temporal_consistency", "frame_difference"}`` (the last two of the OUTPUT; NaN fidelity when a side has no track)
         and, when ``prompt`` names a "<color> <shape>": ``"detected_color"``, ``"detected_shape"``,
-        ``"color_match"``, ``"shape_match"``; and when it also names a motion: ``"motion"``,
+        ``"color_match"``, ``"shape_match"``; when it also names a background: ``"background"``,
+        ``"background_match"`` (:func:`background_match`); when it names a motion: ``"motion"``,
         ``"detected_motion"``, ``"motion_match"`` of the output's dominant object.
     """
     inp = _check_clip(input_frames, "input clip")
@@ -792,6 +793,8 @@ def _prompt_fields(frames: np.ndarray, prompt: str) -> dict:
         "color_match": edit["color_match"],
         "shape_match": edit["shape_match"],
     }
+    if want["background"] is not None:
+        fields.update(background=want["background"], background_match=background_match(frames, want["background"]))
     if want["motion"] is not None:
         cents = found["centroids"] if found else np.full((len(frames), 2), np.nan)
         fields.update(motion=want["motion"], detected_motion=classify_motion(cents),
@@ -835,6 +838,8 @@ def format_report(metrics: dict) -> str:
     if "color_match" in metrics:
         rows.append(("color match", f"{show(metrics['color_match'])}  (detected {show(metrics['detected_color'])})"))
         rows.append(("shape match", f"{show(metrics['shape_match'])}  (detected {show(metrics['detected_shape'])})"))
+    if "background_match" in metrics:
+        rows.append(("background match", f"{show(metrics['background_match'])}  ({metrics['background']} asked)"))
     if "motion_match" in metrics:
         rows.append((f"motion match ({metrics['motion']})",
                      f"{show(metrics['motion_match'])}  (detected {show(metrics['detected_motion'])})"))

@@ -58,15 +58,16 @@ def test_run_summarize_and_report(pipe, tmp_path, monkeypatch):
         (m, p.index, s) for m in methods for p in pairs for s in (0, 1)
     ]
     for record in records:
-        assert {"motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "temporal_consistency",
-                "seconds"} <= set(record)
+        assert {"motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "background_match",
+                "temporal_consistency", "seconds"} <= set(record)
         assert record["seconds"] > 0 and record["inversion_seconds"] > 0
     summary = summarize(records)
     assert list(summary) == methods
     table = markdown_table(summary, len(pairs) * 2)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == len(methods) + 1  # header + one row per method
-    assert all(row.count("|") == 9 for row in rows)  # method, 7 metrics, seconds
+    assert all(row.count("|") == 10 for row in rows)  # method, 7 scored metrics, seconds
+    assert "background match" in rows[0]
     path = write_json(tmp_path / "bench.json", records, summary, {"model": "tiny-random"})
     assert json.loads(path.read_text())["settings"]["model"] == "tiny-random"
 
@@ -244,4 +245,8 @@ def test_unseen_path_pairs_follow_their_paths_and_leave_motion_match_out():
         assert np.abs(found["centroids"] - paths[pair.motion]).max() < 1.0  # triangles: centroid = path point
         result = score(pair, pair.frames, pair.source_prompt)
         assert np.isnan(result["motion_match"]) and result["motion_fidelity"] > 0.95
-        assert result["color_match"] == result["shape_match"] == 1.0
+        assert result["color_match"] == result["shape_match"] == result["background_match"] == 1.0
+        background = shapes.parse_prompt(pair.source_prompt)["background"]
+        other = next(name for name in shapes.BACKGROUNDS if name != background)
+        assert score(pair, pair.frames, pair.source_prompt.replace(background, other))["background_match"] == 0.0
+        assert np.isnan(score(pair, pair.frames, pair.source_prompt.split(" on ")[0])["background_match"])

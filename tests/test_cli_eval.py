@@ -55,6 +55,16 @@ def test_eval_prints_table_and_writes_json(videos, tmp_path):
     assert f"path error            {direct['path_error']:.3f}" in result.output
 
 
+def test_eval_reports_the_prompted_background(videos):
+    # The output clip is rendered on gray: asked for gray it matches, asked for black (the input's) it does not.
+    gray = _invoke(["eval", *videos, "--prompt", "a cyan circle on a gray background"])
+    black = _invoke(["eval", *videos, "--prompt", "a cyan circle on a black background"])
+    assert gray.exit_code == black.exit_code == 0, gray.output + black.output
+    assert "background match      yes  (gray asked)" in gray.output
+    assert "background match      no  (black asked)" in black.output
+    assert "background match" not in _invoke(["eval", *videos, "--prompt", "a cyan circle"]).output
+
+
 def test_eval_points_tracker_and_free_prompt(videos):
     result = _invoke(["eval", *videos, "--tracker", "points", "--prompt", "a car driving in a forest"])
     assert result.exit_code == 0, result.output

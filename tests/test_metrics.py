@@ -311,10 +311,12 @@ BASE_KEYS = {"tracker", "motion_fidelity", "path_error", "input_tracks", "output
 
 def test_evaluate_all_keys_and_mismatched_sizes():
     _, source = _clip(9, motion="right", shape="square", color="red")
-    _, output = _clip(10, motion="right", shape="circle", color="blue", num_frames=16, size=48)
+    _, output = _clip(10, motion="right", shape="circle", color="blue", num_frames=16, size=48, background="gray")
     result = evaluate(source, output, prompt="a blue circle moving right on a gray background")
     assert set(result) == BASE_KEYS | {"detected_color", "detected_shape", "color_match", "shape_match",
-                                       "motion", "detected_motion", "motion_match"}
+                                       "background", "background_match", "motion", "detected_motion", "motion_match"}
+    assert result["background"] == "gray" and result["background_match"] is True
+    assert evaluate(source, output, prompt="a blue circle on a black background")["background_match"] is False
     assert result["tracker"] == "shapes" and result["motion_fidelity"] > 0.8
     assert result["color_match"] and result["shape_match"] and result["motion_match"]
     assert result["detected_motion"] == "right"
@@ -327,6 +329,7 @@ def test_evaluate_all_keys_and_mismatched_sizes():
 def test_evaluate_prompt_without_motion_or_unparseable():
     _, frames = _clip(11)
     assert "motion_match" not in evaluate(frames, frames, prompt="a red circle")
+    assert "background_match" not in evaluate(frames, frames, prompt="a red circle")  # nothing asked of it
     assert "color_match" in evaluate(frames, frames, prompt="a red circle")
     assert set(evaluate(frames, frames, prompt="a car driving in a forest")) == BASE_KEYS
 
