@@ -237,6 +237,15 @@ def clip_draw_probability(specs: list, shape_weights: dict[str, float] | None) -
     return weights / weights.sum()
 
 
+def ema_update(average: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """One step of an exponential moving average of weights, in place: ``a ← d·a + (1 − d)·p``.
+
+    No warm-up: the sittings that use it resume trained weights, so the average may start there."""
+    with torch.no_grad():
+        for a, p in zip(average, params):
+            a.lerp_(p.detach(), 1 - decay)
+
+
 def train_unet(
     components: dict[str, Any],
     latents: torch.Tensor,
@@ -258,6 +267,7 @@ def train_unet(
     object_weight: float = 1.0,
     peak_lr: float = 3e-4,
     shape_weights: dict[str, float] | None = None,
+    ema_decay: float = 0.0,
 ) -> None:
     """Joint training of the UNet3D and the text encoder on the scheduler's prediction type (ε or v);
     resumes from ``workdir/unet.pt``. ``latents`` may live on the CPU; the UNet's device is used.
@@ -267,7 +277,11 @@ def train_unet(
     many minutes (100-step warm-up from the peak), ending annealed whatever speed the machine has; ``steps`` and
     ``minutes`` are then ignored. ``object_weight`` > 1 weighs the loss on the latent cells the objects
     cover (:func:`object_masks`) that many times the background's. ``shape_weights`` (e.g.
-    ``{"square": 2.0}``; unnamed shapes 1) draws clips whose first object has that shape that much more often."""
+    ``{"square": 2.0}``; unnamed shapes 1) draws clips whose first object has that shape that much more often.
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the UNet's and text encoder's weights
+    (:func:`ema_update`; in the checkpoint beside the raw weights) and leaves the models holding it at the
+    end, so that is what gets saved; the checkpoint keeps the raw weights to resume training from."""
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     device = next(unet.parameters()).device
     latents = latents.to(device)
@@ -300,6 +314,11 @@ def train_unet(
         else:  # a checkpoint from before the temporal group: its moments cannot be mapped, start afresh
             print("optimizer state from an older recipe: Adam moments start afresh", flush=True)
         start = state["step"]
+    ema = None
+    if ema_decay > 0:
+        saved = state.get("ema") if checkpoint.exists() else None
+        # a sitting that adds the average starts it from the weights it resumes
+        ema = [w.to(device) for w in saved] if saved is not None else [p.detach().clone() for p in params]
     rng = np.random.default_rng(seed + 1 + start)
     # Noise and timesteps are drawn where the UNet runs: on a GPU, drawing them on the host and copying
     # them over bounded the step rate. On a CPU this is the same stream as before.
@@ -371,6 +390,8 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if ema is not None:
+            ema_update(ema, params, ema_decay)
         # plain MSE of the prediction, comparable across recipes (no .item(): a GPU would wait each step)
         losses.append(error.mean().detach())
         step += 1
@@ -386,6 +407,7 @@ def train_unet(
                 text_encoder=text_encoder.state_dict(),
                 optimizer=optimizer.state_dict(),
                 step=step,
+                **({"ema": ema} if ema is not None else {}),
             )
     log["unet_seconds"] = log.get("unet_seconds", 0) + time.time() - clock
     if restart_minutes is not None:
@@ -393,8 +415,12 @@ def train_unet(
             {"from_step": start, "to_step": step, "minutes": restart_minutes, "batch_size": batch_size,
              "peak_lr": peak_lr, "object_weight": object_weight, "low_noise_share": low_noise_share,
              "high_noise_share": high_noise_share, "shape_weights": shape_weights or {},
-             "device": str(device), "seconds": round(time.time() - clock)}
+             "ema_decay": ema_decay, "device": str(device), "seconds": round(time.time() - clock)}
         )
+    if ema is not None:
+        with torch.no_grad():
+            for param, average in zip(params, ema):
+                param.copy_(average)
     unet.eval()
     text_encoder.eval()
 
@@ -575,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restart-minutes", type=float, default=None,
                         help="a warm-restart sitting of the UNet: its own cosine learning rate over this many minutes")
     # Recipe variants tried on top of the shipped model (see the README); the defaults are its recipe.
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="keep a moving average of the weights with this decay (e.g. 0.999) and save it; 0: off")
     parser.add_argument("--temporal-lr-scale", type=float, default=1.0, help="learning-rate factor of the temporal layers")
     parser.add_argument("--high-noise-share", type=float, default=0.0, help="share of timesteps drawn from the noisier range")
     parser.add_argument("--high-noise-from", type=int, default=500, help="first timestep of the noisier range")
@@ -635,7 +663,8 @@ def main(argv: list[str] | None = None) -> None:
                high_noise_from=args.high_noise_from, max_snr_weight=args.max_snr_weight,
                low_noise_share=args.low_noise_share, low_noise_until=args.low_noise_until,
                offset_noise=args.offset_noise, object_weight=args.object_weight, peak_lr=args.peak_lr,
-               batch_size=args.batch_size, restart_minutes=args.restart_minutes, shape_weights=shape_weights)
+               batch_size=args.batch_size, restart_minutes=args.restart_minutes, shape_weights=shape_weights,
+               ema_decay=args.ema_decay)
     log_path.write_text(json.dumps(log, indent=2))
 
     from .sma_pipeline import SMAMotionTransferPipeline

@@ -48,6 +48,51 @@ def test_temporal_layers_get_their_own_learning_rate_and_training_resumes(tmp_pa
     json.dumps(log)  # the log stays writable as JSON
 
 
+def test_ema_sitting_saves_the_moving_average_and_resumes_it(tmp_path, monkeypatch):
+    """With ``ema_decay`` the models end holding a ← d·a + (1 − d)·p over the sitting's optimizer steps,
+    started at the resumed weights; the checkpoint keeps the raw weights and the average, and a later
+    sitting continues that average."""
+    components = shapes_training.build_shapes_components(seed=0)
+    params = [*components["unet"].parameters(), *components["text_encoder"].parameters()]
+    latents, specs = _pool()
+    after_steps = []
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        after_steps.append([p.detach().clone() for p in params])
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    start = [p.detach().clone() for p in params]
+    decay = 0.6
+
+    def average(initial, snapshots):
+        out = [w.clone() for w in initial]
+        for snapshot in snapshots:
+            out = [decay * a + (1 - decay) * p for a, p in zip(out, snapshot)]
+        return out
+
+    shapes_training.train_unet(components, latents, specs, tmp_path, steps=3, minutes=None, seed=0, log={},
+                               batch_size=2, ema_decay=decay, peak_lr=1.0)
+    expected = average(start, after_steps)
+    assert len(after_steps) == 3
+    assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(params, expected))
+    assert any(not torch.allclose(p, raw, atol=1e-4) for p, raw in zip(params, after_steps[-1]))
+    state = torch.load(tmp_path / "unet.pt", weights_only=False)
+    names = [name for name, _ in components["unet"].named_parameters()]
+    assert all(torch.equal(state["unet"][name], raw) for name, raw in zip(names, after_steps[-1]))
+    assert all(torch.equal(a, e) for a, e in zip(state["ema"], params))
+
+    # the next sitting trains from the raw weights and continues the saved average
+    components["unet"].load_state_dict(state["unet"])
+    components["text_encoder"].load_state_dict(state["text_encoder"])
+    shapes_training.train_unet(components, latents, specs, tmp_path, steps=4, minutes=None, seed=0, log={},
+                               batch_size=2, ema_decay=decay, peak_lr=1.0)
+    assert len(after_steps) == 4
+    assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(params, average(expected, after_steps[3:])))
+
+
 class _Oracle(torch.nn.Module):
     """Stands in for the UNet: returns ``answer(noisy)`` and keeps one trainable scalar."""
 
