@@ -55,10 +55,11 @@ def test_ema_sitting_saves_the_moving_average_and_resumes_it(tmp_path, monkeypat
     components = shapes_training.build_shapes_components(seed=0)
     params = [*components["unet"].parameters(), *components["text_encoder"].parameters()]
     latents, specs = _pool()
-    after_steps = []
+    before_steps, after_steps = [], []
     original_step = torch.optim.AdamW.step
 
     def spy(self, *args, **kwargs):
+        before_steps.append([p.detach().clone() for p in params])
         result = original_step(self, *args, **kwargs)
         after_steps.append([p.detach().clone() for p in params])
         return result
@@ -84,12 +85,12 @@ def test_ema_sitting_saves_the_moving_average_and_resumes_it(tmp_path, monkeypat
     assert all(torch.equal(state["unet"][name], raw) for name, raw in zip(names, after_steps[-1]))
     assert all(torch.equal(a, e) for a, e in zip(state["ema"], params))
 
-    # the next sitting trains from the raw weights and continues the saved average
-    components["unet"].load_state_dict(state["unet"])
-    components["text_encoder"].load_state_dict(state["text_encoder"])
+    # the next sitting, with the models still holding the average, resumes the raw weights from the
+    # checkpoint and continues the saved average
     shapes_training.train_unet(components, latents, specs, tmp_path, steps=4, minutes=None, seed=0, log={},
                                batch_size=2, ema_decay=decay, peak_lr=1.0)
     assert len(after_steps) == 4
+    assert all(torch.equal(b, raw) for b, raw in zip(before_steps[3], after_steps[2]))
     assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(params, average(expected, after_steps[3:])))
 
 
