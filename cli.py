@@ -644,13 +644,14 @@ def bench_memory(
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance. [default: the preset's]")
 @click.option("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like. [default: the preset's]")
 @click.option("--guidance-rescale", type=float, help="Rescale of classifier-free guidance, 0 to 1. [default: the preset's]")
+@click.option("--restarts", type=click.IntRange(min=0), help="Re-noise and denoise again this many times after each step. [default: the preset's]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_appearance.json"), show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-prompt lines.")
 @reports_user_errors
 def bench_appearance(model: str, seed_start: int, count: int, num_inference_steps: int | None, guidance_scale: float | None,
-                     eta: float | None, guidance_rescale: float | None, device: str, json_path: Path,
-                     quiet: bool) -> None:
+                     eta: float | None, guidance_rescale: float | None, restarts: int | None, device: str,
+                     json_path: Path, quiet: bool) -> None:
     """Plain text-to-video samples of 27 held-out appearance prompts ("a red circle on a gray background"),
     judged for colour, shape, background and one clean object; prints a table, writes JSON."""
     from pipelines import SMAMotionTransferPipeline
@@ -664,7 +665,7 @@ def bench_appearance(model: str, seed_start: int, count: int, num_inference_step
     # generate resolves and validates the settings: a bad number is an error before the first sample.
     result = appearance_scores(pipe, seed_start, count, None if quiet else (lambda line: click.echo(line, err=True)),
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
-                               guidance_rescale=guidance_rescale)
+                               guidance_rescale=guidance_rescale, restarts=restarts)
     write_record({"model": model, "seed_start": seed_start, **result}, json_path)
     click.echo(appearance_table(result["rates"]))
     click.echo(f"\nwrote {json_path}")

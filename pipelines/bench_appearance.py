@@ -20,7 +20,7 @@ APPEARANCE_PROMPTS: list[tuple[str, str, str]] = [
 TEST_SEED = 1000
 CRITERIA = ("color", "shape", "background", "clean")
 TARGETS = {"color": 0.95, "shape": 0.85, "background": 0.85, "clean": 0.95}
-SAMPLER_SETTINGS = ("num_inference_steps", "guidance_scale", "eta", "guidance_rescale")
+SAMPLER_SETTINGS = ("num_inference_steps", "guidance_scale", "eta", "guidance_rescale", "generate_restarts")
 
 
 def appearance_scores(
@@ -32,7 +32,8 @@ def appearance_scores(
 
     Returns ``{"rows": [{"prompt", "seed", "detected_color", "detected_shape", "color", "shape",
     "background", "clean"}, ...], "rates": {criterion: share of prompts}, "num_inference_steps",
-    "guidance_scale", "eta", "guidance_rescale"}``: the sampler settings as ``generate`` resolved them.
+    "guidance_scale", "eta", "guidance_rescale", "generate_restarts"}``: the sampler settings as
+    ``generate`` resolved them.
     """
     chosen = APPEARANCE_PROMPTS[:count]
     prompts = [f"a {color} {shape} on a {background} background" for color, shape, background in chosen]

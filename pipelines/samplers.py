@@ -80,11 +80,13 @@ class DDIMSampler:
     def check_eta(self, eta: float) -> None:
         """Any η in [0, 1] is a DDIM sampler."""
 
-    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
-        """A draw of q(x_{t_to} | x_{t_from}) for ``t_to`` > ``t_from``: the forward process over that interval."""
+    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int,
+                generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """A draw of q(x_{t_to} | x_{t_from}) for ``t_to`` > ``t_from``: the forward process over that
+        interval (the noise from ``generator``, or each item's from its own: :func:`standard_normal`)."""
         alphas = self.scheduler.alphas_cumprod
         ratio = float(alphas[t_to] / alphas[t_from])
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        noise = standard_normal(latents.shape, generator).to(latents.device)
         return ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise
 
     def invert(self, model: ModelFn, latents: torch.Tensor, embedding: torch.Tensor, inversion_steps: int,
@@ -160,13 +162,14 @@ class FlowMatchSampler:
         if eta:
             raise UserError(f"eta={eta} needs a DDIM model; a flow-matching model's Euler sampler is deterministic: use eta 0")
 
-    def renoise(self, latents: torch.Tensor, t_from: float, t_to: float, generator: torch.Generator) -> torch.Tensor:
+    def renoise(self, latents: torch.Tensor, t_from: float, t_to: float,
+                generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
         """A draw of x_{σ_b} given x_{σ_a} (σ_b > σ_a) under ``x_σ = (1 − σ) x₀ + σ ε``: scale by
         ``(1 − σ_b)/(1 − σ_a)`` and add the noise that brings the variance of ε's share to σ_b²."""
         sigma_a, sigma_b = t_from / self.num_train_timesteps, t_to / self.num_train_timesteps
         scale = (1 - sigma_b) / (1 - sigma_a)
         extra = max(sigma_b**2 - (scale * sigma_a) ** 2, 0.0) ** 0.5
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        noise = standard_normal(latents.shape, generator).to(latents.device)
         return scale * latents + extra * noise
 
     @torch.no_grad()

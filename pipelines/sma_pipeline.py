@@ -487,6 +487,21 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return self.sampler.step(guided, t, latents, eta, generator)
 
     @torch.no_grad()
+    def sampling_step(
+        self, latents: torch.Tensor, i: int, timesteps: list, embeddings: torch.Tensor, restarts: int = 0, **step: Any,
+    ) -> torch.Tensor:
+        """Step ``i`` of a sampling loop over ``timesteps``: :meth:`denoise_step` from ``timesteps[i]``
+        (``step``: its ``guidance_scale``, ``eta``, ``generator``, ``guidance_rescale``), then ``restarts``
+        rounds of re-noising back to ``timesteps[i]`` with noise from ``step["generator"]`` and denoising
+        again (DMT's restart sampling; none after the last step, which ends at the clean sample)."""
+        t = timesteps[i]
+        latents = self.denoise_step(latents, t, embeddings, **step)
+        for _ in range(restarts if i + 1 < len(timesteps) else 0):
+            latents = self.renoise(latents, timesteps[i + 1], t, step.get("generator"))
+            latents = self.denoise_step(latents, t, embeddings, **step)
+        return latents
+
+    @torch.no_grad()
     def generate(
         self,
         prompt: str | list[str],
@@ -499,11 +514,18 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         seed: int | list[int] | None = None,
         eta: float | None = None,
         guidance_rescale: float | None = None,
+        restarts: int | None = None,
         output_type: str = "np",
     ) -> SMAPipelineOutput:
-        """Plain text-to-video sampling (DDIM with classifier-free guidance from random noise, η =
-        ``config.eta`` at every step, rescaled by ``config.guidance_rescale``), with the same defaults
-        as ``__call__``: useful to see what the model makes of a prompt alone.
+        """Plain text-to-video sampling from random noise: useful to see what the model makes of a prompt
+        alone. Classifier-free guidance at every step, DDIM with η (or a flow-matching model's Euler
+        step), then ``restarts`` rounds of re-noising to the step's timestep and denoising again.
+
+        The sampler settings default to the model's ``generate_*`` preset values where it has them
+        (:meth:`SMAConfig.for_generate`; the shapes model's: η = 1, guidance 5, 2 restarts), else to
+        ``__call__``'s (``num_inference_steps``, ``guidance_scale``, ``eta``, ``guidance_rescale``;
+        ``restarts`` 0); the other arguments default as in ``__call__``. The output's ``config`` holds
+        the settings used.
 
         A list of prompts is sampled as one batch, with one seed per prompt (``seed`` a list of the same
         length; an int or None: that seed, or the preset's, plus the prompt's index): each video is the
@@ -523,14 +545,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 num_frames=num_frames,
                 height=height,
                 width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
                 seed=seeds[0] if seeds else seed,
-                eta=eta,
-                guidance_rescale=guidance_rescale,
+                generate_restarts=restarts,
             ),
             {},
-        )
+        ).for_generate()
+        # Checked under their own names: an error names the argument the caller passed.
+        config = config.replace(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+                                guidance_rescale=guidance_rescale).validate()
+        self.sampler.check_eta(config.eta)
         if seeds is None:
             seeds = [config.seed + i for i in range(len(prompts))]
         for other in seeds[1:]:  # the first was checked with the config
@@ -544,10 +567,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         latents = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         noise_from = generators[0] if len(generators) == 1 else generators
         with self.speed_options(config):
-            for t in self._progress_iter(timesteps, "Sampling"):
-                latents = self.denoise_step(
-                    latents, t, embeddings, config.guidance_scale, config.eta, noise_from, config.guidance_rescale
-                )
+            step = dict(guidance_scale=config.guidance_scale, eta=config.eta, generator=noise_from,
+                        guidance_rescale=config.guidance_rescale)
+            for i in self._progress_iter(range(len(timesteps)), "Sampling"):
+                latents = self.sampling_step(latents, i, timesteps, embeddings, config.generate_restarts, **step)
             videos = [self._postprocess(one, output_type, config.vae_batch_size) for one in latents.split(1)]
         frames = np.concatenate(videos) if output_type == "np" else torch.cat(videos)
         record = config.to_dict()
@@ -561,8 +584,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 yield item
                 bar.update()
 
-    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator) -> torch.Tensor:
-        """Sample q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process over that interval."""
+    def renoise(self, latents: torch.Tensor, t_from: int, t_to: int,
+                generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """Sample q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process over that interval (the
+        noise from ``generator``, or with one generator per batch item, each item's from its own)."""
         return self.sampler.renoise(latents, t_from, t_to, generator)
 
     def __call__(
@@ -739,15 +764,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                     loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]), "iterations": history})
                     timings["guidance"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                previous = latents
                 # The guided steps stay deterministic: their latents are optimized against the inversion's.
                 eta = config.eta if i >= len(guided) else 0.0
                 step = dict(guidance_scale=config.guidance_scale, eta=eta, generator=generator,
                             guidance_rescale=config.guidance_rescale)
-                latents = self.denoise_step(previous, t, cfg_embeddings, **step)
-                if config.restart_sampling and i + 1 < len(timesteps):
-                    latents = self.renoise(latents, timesteps[i + 1], t, generator)
-                    latents = self.denoise_step(latents, t, cfg_embeddings, **step)
+                latents = self.sampling_step(latents, i, timesteps, cfg_embeddings, int(config.restart_sampling), **step)
                 timings["denoise"] += time.perf_counter() - clock
                 bar.update()
 

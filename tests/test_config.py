@@ -58,6 +58,11 @@ def test_replace_ignores_none():
         ({"feature_normalization": "zscore"}, "feature_normalization"),
         ({"num_frames": 3.5}, "whole number"),
         ({"feature_layers": ()}, "empty"),
+        ({"generate_restarts": -1}, "generate_restarts must be"),
+        ({"generate_eta": 1.5}, "generate_eta must be between"),
+        ({"generate_num_inference_steps": 0}, "generate_num_inference_steps must be"),
+        ({"generate_num_inference_steps": 1001}, "at most 1000"),
+        ({"generate_guidance_rescale": -0.5}, "generate_guidance_rescale"),
     ],
 )
 def test_validation_errors_are_one_line(changes, message):
@@ -101,3 +106,10 @@ def test_a_model_folder_names_its_preset(tmp_path):
     (folder / PRESET_FILE).write_text('{"preset": "shepes"}')
     with pytest.raises(UserError, match="unknown preset 'shepes'; use one of .*shapes"):
         SMAConfig.for_model(str(folder))
+
+
+def test_generate_settings_replace_the_transfers_only_where_set():
+    config = SMAConfig(num_inference_steps=25, guidance_scale=7.5, eta=0.0, guidance_rescale=0.2)
+    assert config.for_generate() == config  # nothing set: generate samples as the transfer does
+    chosen = config.replace(generate_num_inference_steps=50, generate_eta=1.0).for_generate()
+    assert (chosen.num_inference_steps, chosen.guidance_scale, chosen.eta, chosen.guidance_rescale) == (50, 7.5, 1.0, 0.2)

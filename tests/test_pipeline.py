@@ -283,9 +283,9 @@ def test_generate_with_eta_is_seeded_and_differs_from_ddim(pipe):
     assert not np.allclose(first, deterministic, atol=1e-4)
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_generate_batch_samples_what_each_prompt_samples_alone(pipe, eta):
-    settings = dict(num_frames=4, num_inference_steps=4, eta=eta)
+@pytest.mark.parametrize("eta, restarts", [(0.0, 0), (1.0, 0), (0.0, 1)])
+def test_generate_batch_samples_what_each_prompt_samples_alone(pipe, eta, restarts):
+    settings = dict(num_frames=4, num_inference_steps=4, eta=eta, restarts=restarts)
     prompts, seeds = ["a red square", "a blue circle", "a red square"], [3, 8, 5]
     batch = pipe.generate(prompts, seed=seeds, **settings)
     assert batch.frames.shape[0] == 3 and batch.config["seed"] == seeds
@@ -298,6 +298,42 @@ def test_generate_batch_samples_what_each_prompt_samples_alone(pipe, eta):
     # One int: that seed, then the next ones.
     np.testing.assert_allclose(pipe.generate(prompts[:2], seed=3, **settings).frames[1],
                                pipe.generate(prompts[1], seed=4, **settings).frames[0], atol=2e-4)
+
+
+def test_generate_restarts_renoise_and_redo_every_step_but_the_last(pipe):
+    settings = dict(num_frames=4, num_inference_steps=3, guidance_scale=5.0, seed=3, output_type="latent")
+    got = pipe.generate("a red square", restarts=2, **settings)
+    assert got.config["generate_restarts"] == 2
+    # The same loop by hand: DDIM (eta 0, so no draws), and after each step but the last two rounds of
+    # q(x_t | x_t_next) = N(sqrt(a_t / a_next) x, (1 - a_t / a_next) I) with the seed's generator, then the step again.
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(pipe.backbone.latent_shape(pipe, pipe.default_config().replace(num_frames=4)), generator=generator)
+    embeddings = torch.cat([pipe.encode_prompt(pipe.default_config().negative_prompt), pipe.encode_prompt("a red square")])
+    timesteps = pipe.sampling_timesteps(3)
+    alphas = pipe.scheduler.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        latents = pipe.denoise_step(latents, t, embeddings, 5.0)
+        for _ in range(2 if i + 1 < len(timesteps) else 0):
+            ratio = float(alphas[t] / alphas[timesteps[i + 1]])
+            latents = ratio**0.5 * latents + (1 - ratio) ** 0.5 * torch.randn(latents.shape, generator=generator)
+            latents = pipe.denoise_step(latents, t, embeddings, 5.0)
+    torch.testing.assert_close(got.frames, latents, rtol=1e-4, atol=1e-5)
+    plain = pipe.generate("a red square", **settings)
+    assert plain.config["generate_restarts"] == 0 and not torch.allclose(plain.frames, got.frames, atol=1e-3)
+
+
+def test_generate_defaults_to_the_presets_generate_settings(pipe, monkeypatch):
+    settings = dict(num_frames=4, seed=3)
+    explicit = pipe.generate("a red square", num_inference_steps=3, eta=1.0, guidance_scale=4.0, restarts=1, **settings)
+    preset = pipe.default_config().replace(generate_num_inference_steps=3, generate_eta=1.0, generate_guidance_scale=4.0,
+                                           generate_restarts=1)
+    monkeypatch.setattr(pipe, "default_config", lambda: preset)
+    by_preset = pipe.generate("a red square", **settings)
+    np.testing.assert_array_equal(by_preset.frames, explicit.frames)
+    used = {key: by_preset.config[key] for key in ("num_inference_steps", "eta", "guidance_scale", "generate_restarts")}
+    assert used == {"num_inference_steps": 3, "eta": 1.0, "guidance_scale": 4.0, "generate_restarts": 1}
+    # An argument still wins over the preset.
+    assert pipe.generate("a red square", eta=0.0, restarts=0, **settings).config["eta"] == 0.0
 
 
 def test_generate_batch_rejects_seeds_that_do_not_fit(pipe):
