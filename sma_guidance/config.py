@@ -297,6 +297,8 @@ class SMAConfig:
         _require_unit_interval("guidance_rescale", self.guidance_rescale, "0 (plain guidance)")
         if self.generate_num_inference_steps is not None:
             _require_int("generate_num_inference_steps", self.generate_num_inference_steps, minimum=1)
+            if self.generate_num_inference_steps > 1000:
+                raise UserError("generate_num_inference_steps must be at most 1000 (the model's timesteps)")
         if self.generate_guidance_scale is not None:
             _require_float("generate_guidance_scale", self.generate_guidance_scale, positive=False)
         if self.generate_eta is not None:
@@ -309,7 +311,7 @@ class SMAConfig:
         _require_float("start", self.start, positive=False)
         if self.duration is not None:
             _require_float("duration", self.duration, positive=True)
-        if self.inversion_steps > 1000 or self.num_inference_steps > 1000 or (self.generate_num_inference_steps or 0) > 1000:
+        if self.inversion_steps > 1000 or self.num_inference_steps > 1000:
             raise UserError("inversion_steps and num_inference_steps must be at most 1000 (the model's timesteps)")
         if not self.feature_layers:
             raise UserError("feature_layers is empty; name at least one UNet submodule to record")

@@ -61,7 +61,7 @@ def test_replace_ignores_none():
         ({"generate_restarts": -1}, "generate_restarts must be"),
         ({"generate_eta": 1.5}, "generate_eta must be between"),
         ({"generate_num_inference_steps": 0}, "generate_num_inference_steps must be"),
-        ({"generate_num_inference_steps": 1001}, "at most 1000"),
+        ({"generate_num_inference_steps": 1001}, "generate_num_inference_steps must be at most 1000"),
         ({"generate_guidance_rescale": -0.5}, "generate_guidance_rescale"),
     ],
 )
