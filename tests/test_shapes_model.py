@@ -65,6 +65,24 @@ def test_loads_by_name_with_its_preset(pipe):
     ]
 
 
+def test_from_pretrained_without_dtype_samples_like_the_float32_pipeline(pipe):
+    """Plain diffusers loading of the float16 checkpoint leaves the text encoder in float16 and the UNet
+    in float32; the UNet call must take the embedding at its own dtype."""
+    import torch
+
+    from pipelines import SMAMotionTransferPipeline
+
+    plain = SMAMotionTransferPipeline.from_pretrained(str(BUNDLED_MODELS["shapes"]))
+    plain.set_progress_bar_config(disable=True)
+    assert plain.text_encoder.dtype == torch.float16 and plain.unet.dtype == torch.float32
+    settings = dict(seed=7, num_inference_steps=4, restarts=0)
+    frames = plain.generate("a red circle on a black background", **settings).frames
+    reference = pipe.generate("a red circle on a black background", **settings).frames
+    assert frames.shape == reference.shape == (1, 8, 64, 64, 3)
+    # Only the text embedding's float16 rounding differs between the two.
+    assert np.abs(frames - reference).max() < 0.01
+
+
 def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
     """The README's first command, with fewer steps: a real motion transfer with the bundled model."""
     from click.testing import CliRunner

@@ -63,8 +63,10 @@ class Backbone:
     # ------------------------------------------------------------------------- model calls
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
         """Noise prediction ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)`` and a text embedding
-        ``(B, L, D)`` (one per video)."""
-        return unet(latents.to(unet.dtype), t, encoder_hidden_states=embedding).sample
+        ``(B, L, D)`` (one per video). Both go in at the denoiser's dtype: ``from_pretrained`` without
+        ``torch_dtype`` leaves a float16 checkpoint's text encoder in float16 (transformers) and the
+        denoiser in float32 (diffusers)."""
+        return unet(latents.to(unet.dtype), t, encoder_hidden_states=embedding.to(unet.dtype)).sample
 
     def features_to_frames(self, output: torch.Tensor, num_frames: int) -> torch.Tensor:
         """A recorded layer's output as ``(B, F, C, H, W)``. The UNets of both families run their 2-D
