@@ -239,8 +239,7 @@ class AnimateDiffBackbone(Backbone):
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
         """As the UNet3D's, but the text embedding ``(B, L, D)`` goes in once per frame, ``(B·F, L, D)``
         (the frames sit in the batch of every cross-attention)."""
-        per_frame = embedding.to(unet.dtype).repeat_interleave(latents.shape[2], dim=0)
-        return unet(latents.to(unet.dtype), t, encoder_hidden_states=per_frame).sample
+        return super().unet_call(unet, latents, t, embedding.repeat_interleave(latents.shape[2], dim=0))
 
     def load(self, pipeline_cls: type, model: str, index: dict[str, Any], torch_dtype: torch.dtype | None,
              motion_adapter: str | None, **kwargs: Any) -> Any:

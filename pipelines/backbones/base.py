@@ -61,7 +61,9 @@ class Backbone:
         :class:`~sma_guidance.config.SMAConfig`) asks what this family's model (in ``pipe``) cannot do."""
 
     # ------------------------------------------------------------------------- model calls
-    def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
+    def unet_call(
+        self, unet: torch.nn.Module, latents: torch.Tensor, t: int | torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
         """Noise prediction ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)`` and a text embedding
         ``(B, L, D)`` (one per video). Both go in at the denoiser's dtype: ``from_pretrained`` without
         ``torch_dtype`` leaves a float16 checkpoint's text encoder in float16 (transformers) and the

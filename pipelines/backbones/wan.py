@@ -213,7 +213,7 @@ class WanBackbone(Backbone):
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: float, embedding: torch.Tensor) -> torch.Tensor:
         """The transformer's velocity ``(B, C, F', h, w)``; the timestep goes in once per video."""
         timestep = torch.full((latents.shape[0],), float(t), device=latents.device)
-        return unet(latents.to(unet.dtype), timestep, encoder_hidden_states=embedding.to(unet.dtype)).sample
+        return super().unet_call(unet, latents, timestep, embedding)
 
     def feature_frames(self, pipe: Any, config: Any) -> int:
         return self.latent_frames(pipe.vae, config.num_frames)
