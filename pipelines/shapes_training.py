@@ -100,15 +100,26 @@ def _border_ring(size: tuple[int, int], width: int) -> torch.Tensor:
     return ring
 
 
-def reconstruction_loss(recon: torch.Tensor, frames: torch.Tensor, border_weight: float = 4.0) -> torch.Tensor:
-    """Weighted L1 + MSE of decoded frames ``(N, 3, H, W)`` against renders, both in [-1, 1]."""
+def reconstruction_loss(
+    recon: torch.Tensor, frames: torch.Tensor, border_weight: float = 4.0, tint_weight: float = 0.0
+) -> torch.Tensor:
+    """Weighted L1 + MSE of decoded frames ``(N, 3, H, W)`` against renders, both in [-1, 1] (object
+    pixels weigh 21, background ones 1, the outer ring ``border_weight`` more), plus ``tint_weight`` times
+    the background's tint: the mean over frames and channels of |the mean error over background pixels|."""
     # Objects cover a few percent of a frame: weight their pixels up, or the background wins. The
     # outer ring too: the convolutions' zero padding tints the borders unless errors there count.
     corner = frames[:, :, :1, :1]
-    weight = 1 + 20 * ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
-    weight = weight + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX).to(frames.device)
+    is_object = ((frames - corner).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = 1 + 20 * is_object + border_weight * _border_ring(frames.shape[-2:], BORDER_RING_PX).to(frames.device)
     error = recon - frames
-    return ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+    loss = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+    if not tint_weight:
+        return loss
+    # Per-pixel terms leave a uniform shift of the whole background cheap: the decoder learned to tint a
+    # large object's background toward its complement (a 24-px magenta square on gray: 31 RGB off).
+    background = 1 - is_object
+    tint = (error * background).sum(dim=(2, 3)) / background.sum(dim=(2, 3)).clamp(min=1)
+    return loss + tint_weight * tint.abs().mean()
 
 
 def train_vae(
@@ -482,12 +493,14 @@ def refine_decoder(
     frames_per_step: int = 16,
     peak_lr: float = 3e-4,
     sampled_share: float = 0.5,
+    tint_weight: float = 0.0,
 ) -> None:
     """Fine-tune the decoder (``post_quant_conv`` and ``decoder``; the encoder, hence the latent space the
     UNet was trained on, stays fixed) to decode the model's sampled latents to their renders
     (:func:`decoder_pairs`); the other ``1 - sampled_share`` of each batch decodes the encoder's own
-    latents, so that round trips stay exact. Same loss as :func:`train_vae`; cosine learning rate;
-    resumes from ``workdir/decoder.pt``."""
+    latents, so that round trips stay exact. Same loss as :func:`train_vae`, plus ``tint_weight`` times the
+    background's tint (:func:`reconstruction_loss`); cosine learning rate; resumes from
+    ``workdir/decoder.pt``."""
     checkpoint = workdir / "decoder.pt"
     device = next(vae.parameters()).device
     params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
@@ -506,7 +519,7 @@ def refine_decoder(
         sampled = torch.from_numpy(rng.random(frames_per_step) < sampled_share).view(-1, 1, 1, 1)
         latents = torch.where(sampled, pairs["sampled"][clip, :, frame], pairs["latents"][clip, :, frame])
         target = pairs["frames"][clip, frame].permute(0, 3, 1, 2).float() / 127.5 - 1
-        rec = reconstruction_loss(vae.decode(latents.to(device)).sample, target.to(device))
+        rec = reconstruction_loss(vae.decode(latents.to(device)).sample, target.to(device), tint_weight=tint_weight)
         optimizer.zero_grad(set_to_none=True)
         rec.backward()
         optimizer.step()
@@ -625,6 +638,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refine-decoder-steps", type=int, default=0,
                         help="then fine-tune the VAE decoder this many steps on the model's own samples (0: skip)")
     parser.add_argument("--refine-clips", type=int, default=1600, help="clips sampled for the decoder refinement")
+    parser.add_argument("--refine-tint-weight", type=float, default=0.0,
+                        help="weight of the background-tint term in the decoder refinement's loss (0: off)")
     parser.add_argument("--attention-at-16", action="store_true",
                         help="text cross-attention at the 16×16 level too (grafted in as identities with --init-from)")
     args = parser.parse_args(argv)
@@ -678,8 +693,16 @@ def main(argv: list[str] | None = None) -> None:
             pairs = decoder_pairs(pipe, args.refine_clips, args.seed + 13, batch=16 if args.device == "cpu" else 256)
             torch.save(pairs, cache)
             print(f"sampled {args.refine_clips} clips for the decoder ({time.time() - clock:.0f}s)", flush=True)
+        if "decoder_refine_steps" in log and not (args.workdir / "decoder.pt").exists():
+            # The model this run continues was refined already: keep that sitting's record.
+            earlier = {key: log.pop(key) for key in [k for k in log if k.startswith("decoder_refine_")]}
+            earlier["round_trip"] = log.pop("vae_round_trip_refined", None)
+            log["earlier_decoder_refinements"] = [*log.get("earlier_decoder_refinements", []), earlier]
         log["decoder_refine_clips"] = args.refine_clips
-        refine_decoder(components["vae"], pairs, args.workdir, args.refine_decoder_steps, args.seed, log)
+        log["decoder_refine_tint_weight"] = args.refine_tint_weight
+        log_path.write_text(json.dumps(log, indent=2))  # so that a resumed sitting does not move its own record
+        refine_decoder(components["vae"], pairs, args.workdir, args.refine_decoder_steps, args.seed, log,
+                       tint_weight=args.refine_tint_weight)
         log["vae_round_trip_refined"] = vae_round_trip(components["vae"])
         print(f"vae round trip after the refinement: {log['vae_round_trip_refined']}", flush=True)
         log_path.write_text(json.dumps(log, indent=2))

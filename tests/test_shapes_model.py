@@ -37,13 +37,9 @@ def test_held_out_prompts_cover_the_vocabulary():
     assert {(s, b) for _, s, b in PROMPTS} == {(s, b) for s in SHAPES for b in BACKGROUNDS}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured on the shipped weights (UNet 11,287 steps, refined decoder) with the preset's text-to-video sampler "
-    "(eta 1, guidance 5, 2 restarts): colour 100 %, shape 100 %, one clean object 100 %, background 81 % of 27 prompts: "
-    "5 clips take a cast complementary to the object's colour inside the frame (issue 11 open)",
-)
 def test_held_out_prompts_show_their_appearance(held_out):
+    # The shipped weights with the preset's sampler: 100 / 100 / 96 / 100 % (the miss: a yellow square on
+    # black drawn on dark blue). The decoder before its second refinement (the tint term) gave 81 % backgrounds.
     color, shape, background, clean = held_out.mean(axis=0)
     assert color >= 0.95, f"colour {color:.0%}"
     assert shape >= 0.85, f"shape {shape:.0%}"

@@ -410,6 +410,63 @@ def test_low_noise_share_draws_that_share_of_timesteps_below_the_bound(tmp_path,
     assert below == pytest.approx(share + (1 - share) / 10, abs=0.04)
 
 
+def _object_on_background(error_on_background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renders ``(2, 3, 64, 64)``: a 20×20 object on a plain background, and their reconstruction with
+    ``error_on_background`` ``(64, 64)`` added to every background pixel."""
+    frames = torch.full((2, 3, 64, 64), -0.5)
+    frames[:, :, 20:40, 24:44] = 0.9  # far from the outer ring
+    on_background = torch.ones(64, 64)
+    on_background[20:40, 24:44] = 0
+    return frames + error_on_background * on_background, frames
+
+
+def test_reconstruction_loss_weights_objects_ring_and_background_by_hand_count():
+    recon, frames = _object_on_background(torch.full((64, 64), 0.2))
+    ring, objects = 64 * 64 - 56 * 56, 20 * 20
+    interior = 64 * 64 - ring - objects
+    expected = (0.2 + 0.2**2) * (5 * ring + interior) / (21 * objects + 5 * ring + interior)
+    assert shapes_training.reconstruction_loss(recon, frames).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("tint_weight", [1.0, 3.0])
+def test_tint_term_costs_a_uniform_background_shift_and_not_zero_mean_noise(tint_weight):
+    """The tint term adds ``tint_weight`` × the background's mean error: 0.2 for a uniform shift of 0.2,
+    nothing for a ±0.2 checkerboard (mean 0 over the background), whose per-pixel loss is the same."""
+    shift = _object_on_background(torch.full((64, 64), 0.2))
+    checker = _object_on_background(0.2 * (1 - 2 * ((torch.arange(64)[:, None] + torch.arange(64)) % 2)).float())
+    for (recon, frames), tint in ((shift, 0.2), (checker, 0.0)):
+        plain = shapes_training.reconstruction_loss(recon, frames).item()
+        tinted = shapes_training.reconstruction_loss(recon, frames, tint_weight=tint_weight).item()
+        assert tinted - plain == pytest.approx(tint_weight * tint, abs=1e-6)
+    # same per-pixel loss (|e| + e² is even), so only the tint tells them apart
+    assert shapes_training.reconstruction_loss(*shift).item() == pytest.approx(
+        shapes_training.reconstruction_loss(*checker).item(), rel=1e-6)
+
+
+def test_a_second_decoder_refinement_keeps_the_first_ones_record(tmp_path, monkeypatch):
+    """Refining an already refined model (``--init-from``) files the saved model's refinement under
+    ``earlier_decoder_refinements`` and records this one's steps and tint weight."""
+    from pipelines import SMAMotionTransferPipeline
+
+    monkeypatch.setattr(shapes_training, "vae_round_trip", lambda vae: {"background": 0.5})  # 200 clips: slow
+
+    saved = tmp_path / "saved"
+    SMAMotionTransferPipeline(**shapes_training.build_shapes_components(seed=0)).save_pretrained(saved)
+    history = {"unet_steps": 2, "decoder_refine_steps": 1500, "decoder_refine_clips": 1600,
+               "decoder_refine_reconstruction": 0.05, "vae_round_trip_refined": {"background": 1.0}}
+    (saved / "training_log.json").write_text(json.dumps(history))
+    output = tmp_path / "out"
+    shapes_training.main(["--init-from", str(saved), "--workdir", str(tmp_path / "work"), "--output", str(output),
+                          "--vae-steps", "1", "--clips", "2", "--unet-steps", "2", "--threads", "1",
+                          "--refine-decoder-steps", "1", "--refine-clips", "1", "--refine-tint-weight", "3"])
+    log = json.loads((output / "training_log.json").read_text())
+    assert log["earlier_decoder_refinements"] == [{"decoder_refine_steps": 1500, "decoder_refine_clips": 1600,
+                                                   "decoder_refine_reconstruction": 0.05,
+                                                   "round_trip": {"background": 1.0}}]
+    assert log["decoder_refine_steps"] == 1 and log["decoder_refine_clips"] == 1
+    assert log["decoder_refine_tint_weight"] == 3.0 and log["vae_round_trip_refined"] == {"background": 0.5}
+
+
 def test_init_from_keeps_the_saved_history_under_this_runs_recipe(tmp_path):
     """``--init-from``: the saved model's log is continued (its note, its step count), and the recipe
     fields are this run's flags, not the saved model's."""
