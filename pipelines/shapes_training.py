@@ -700,7 +700,9 @@ def main(argv: list[str] | None = None) -> None:
             log["earlier_decoder_refinements"] = [*log.get("earlier_decoder_refinements", []), earlier]
         log["decoder_refine_clips"] = args.refine_clips
         log["decoder_refine_tint_weight"] = args.refine_tint_weight
-        log_path.write_text(json.dumps(log, indent=2))  # so that a resumed sitting does not move its own record
+        # Persist the move now: a sitting stopped once decoder.pt exists resumes without moving again, and
+        # would otherwise overwrite the earlier record still sitting in the unmoved keys of log.json.
+        log_path.write_text(json.dumps(log, indent=2))
         refine_decoder(components["vae"], pairs, args.workdir, args.refine_decoder_steps, args.seed, log,
                        tint_weight=args.refine_tint_weight)
         log["vae_round_trip_refined"] = vae_round_trip(components["vae"])
