@@ -16,6 +16,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ import click
 
 from sma_guidance.atomic import check_writable_folder
 from sma_guidance.config import SMAConfig, write_run_record
-from sma_guidance.errors import UserError
+from sma_guidance.errors import UserAdvice, UserError
 
 # CLI flag -> SMAConfig field, for the flags whose names differ from the field.
 FLAG_FIELDS = {
@@ -50,6 +51,18 @@ def main() -> None:
 
     Usage: sma-guide INPUT --prompt TEXT [options]   (see `sma-guide run --help`)
     """
+    warnings.showwarning = _show_advice
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_advice(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """The project's advice (:class:`UserAdvice`) as one line ``warning: ...`` on stderr; other warnings as Python shows them."""
+    if issubclass(category, UserAdvice):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, *args, **kwargs)
 
 
 def reports_user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -113,7 +126,7 @@ def _record_path(output: Path) -> Path:
 @click.option("--learning-rate-end", type=float, help="... and at the last guided step (linear in between). [default: 0.004; shapes: preset]")
 @click.option("--lambda-global", type=float, help="Weight of the global (Haar wavelet) motion term. [default: 0.4]")
 @click.option("--lambda-local", type=float, help="Weight of the local (FFT) motion term. [default: 0.2]")
-@click.option("--levels", type=int, help="Haar wavelet levels. [default: deepest valid for the frame count]")
+@click.option("--levels", type=int, help="Haar wavelet levels, 1 to ceil(log2(frames - 1)). [default: that maximum, the paper's: 3 for 8 frames, 4 for 16]")
 @click.option("--delta", type=float, help="Exponent δ of the low-frequency weights. [default: 0.05]")
 @click.option("--downsample-factor", type=int, help="DMT's initial latent keeps the inversion's frequencies below 1/FACTOR of the latent size. [default: 4]")
 @click.option("--low-pass-grid", type=int, help="The same cut-off as a grid of N cells along the latent's shorter side (overrides --downsample-factor). [default: off; shapes: preset]")
@@ -123,7 +136,10 @@ def _record_path(output: Path) -> Path:
 @click.option("--cache/--no-cache", "inversion_cache", default=None, help="Reuse cached inversions. [default: on]")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
 @click.option("--mode", type=click.Choice(["zero-shot", "fine-tune", "both"]), help="zero-shot guidance, a motion fine-tune, or both. [default: zero-shot]")
-@click.option("--train-steps", type=int, help="Fine-tune steps (modes fine-tune, both). [default: 300]")
+@click.option("--train-steps", type=int, help="Fine-tune steps (modes fine-tune, both). [default: 400, VMC's; shapes: 60]")
+@click.option("--trainable-modules", help="What the fine-tune trains: vmc (VMC's recipe: the temporal attentions' q/k/v), "
+                                          "vmc+transformer_in (ours: also Zeroscope's input temporal transformer) or a "
+                                          "regular expression over the denoiser's submodule names. [default: vmc]")
 @click.option("--train-lambda-global", type=float, help="λg of the fine-tune objective. [default: 0.4]")
 @click.option("--train-lambda-local", type=float, help="λl of the fine-tune objective. [default: 0.2]")
 @click.option("--residual", type=click.Choice(["signed", "abs"]), help="Frame residuals of the fine-tune's spectral terms. [default: signed]")
@@ -133,6 +149,9 @@ def _record_path(output: Path) -> Path:
 @click.option("--seed", type=int, help="Random seed. [default: 0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="[default: auto: float16 on GPU (Wan: bfloat16)]")
+@click.option("--loss-scaling", type=click.Choice(["dynamic", "static", "off"]),
+              help="float16 only: scale the loss in the guidance and fine-tune backward so gradients do not underflow. [default: dynamic]")
+@click.option("--loss-scale", type=float, help="The (initial) loss scale of --loss-scaling. [default: 65536]")
 @click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="Attention kernel: PyTorch's fused SDPA or the explicit softmax. [default: sdpa]")
 @click.option("--activation-checkpointing", type=click.Choice(["off", "blocks", "layers"]),
               help="Recompute UNet activations in the guidance backward: less memory, more time. [default: blocks; off in the tiny-random and shapes presets]")
@@ -236,6 +255,7 @@ def transfer(
             "fps": result.fps,
             "family": pipe.backbone.name,
             "config": result.config,
+            "sampler": result.sampler,
             "loss_history": result.loss_history,
             "timings": result.timings,
             "adapter": str(save_adapter or config.adapter or "") or None,
@@ -348,8 +368,9 @@ def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str
 def bench() -> None:
     """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world), `sma-guide bench
     appearance` (the shapes model's plain samples of held-out prompts),
-    `sma-guide bench speed` (time and memory of each stage) and `sma-guide bench inversion` (what fewer
-    inversion steps cost)."""
+    `sma-guide bench speed` (time and memory of each stage), `sma-guide bench memory` (GPU memory, estimated),
+    `sma-guide bench precision` (half-precision gradients against float32) and `sma-guide bench inversion`
+    (what fewer inversion steps cost)."""
 
 
 @bench.command("quality")
@@ -632,6 +653,46 @@ def bench_memory(
     record = estimate_memory(model, config, getattr(torch, dtype), configs=configs)
     write_record(record, json_path)
     click.echo(memory_table(record))
+    click.echo(f"\nwrote {json_path}")
+
+
+@bench.command("precision")
+@click.option("--model", default="tiny-random", show_default=True,
+              help="Any model bench speed takes: zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch (full size, random "
+                   "weights), the tiny ones, shapes, a folder or a Hub id.")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
+@_size_options
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--activation-checkpointing", type=click.Choice(["off", "blocks", "layers"]), help="[default: the model's config]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields over the preset.")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_precision.json"), show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-row lines.")
+@reports_user_errors
+def bench_precision(
+    model: str, motion_adapter: str | None, frames: int | None, height: int | None, width: int | None, dtype: str,
+    device: str, activation_checkpointing: str | None, config_file: Path | None, json_path: Path, quiet: bool,
+) -> None:
+    """How far a half-precision guidance gradient is from float32's, for DMT alone and DMT + SMA, without
+    and with loss scaling: cosine and relative error of one guided step's gradient w.r.t. the latent."""
+    import torch
+
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench_precision import precision_table, run_precision_benchmark
+    from pipelines.bench_speed import write_record
+
+    check_json_path(json_path, flag="--output")
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32", motion_adapter=motion_adapter)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.default_config().replace(**overrides).replace(
+        num_frames=frames, height=height, width=width, activation_checkpointing=activation_checkpointing,
+    ).validate()
+    pipe.backbone.check(pipe, config)
+    record = run_precision_benchmark(pipe, config, getattr(torch, dtype),
+                                     log=None if quiet else (lambda message: click.echo(message, err=True)))
+    write_record(record, json_path)
+    click.echo(precision_table(record))
     click.echo(f"\nwrote {json_path}")
 
 

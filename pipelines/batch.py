@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from sma_guidance.config import DERIVED_FROM_MODEL
 from sma_guidance.errors import UserError
 
 # Options that name files: resolved relative to the jobs file.
@@ -127,8 +128,12 @@ def is_finished(record_path: Path, job: Job, config: dict[str, Any]) -> bool:
         return False
     recorded = dict(record.get("config") or {})
     wanted = dict(config)
+    # A setting left to the model (None) is recorded as what the model gave, which the job cannot know
+    # before loading it: any recorded value fits.
+    unset = [name for name in DERIVED_FROM_MODEL if wanted.get(name) is None]
     for settings in (recorded, wanted):
-        settings.pop("device", None)
+        for name in ("device", *unset):
+            settings.pop(name, None)
     return record.get("prompt") == job.prompt and record.get("input") == str(job.input) and recorded == wanted
 
 

@@ -233,6 +233,7 @@ def estimate_memory(
     with FakeTensorMode(allow_non_fake_inputs=True):
         pipe = _fake_pipeline(configs, dtype, scheduler)
         pipe._sampler = sampler
+        config = pipe.with_feature_layers(config)
         backbone.check(pipe, config)
         weights = {name: _bytes(getattr(pipe, name)) for name in (backbone.denoiser_component, "vae", "text_encoder")}
         # weights on the GPU during the loop: without a text encoder that is moved off after encoding

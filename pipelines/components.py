@@ -257,10 +257,27 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
+# The names a dtype may be given by (torch's own and the short ones users type), to the dtype.
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``dtype`` as a torch dtype: a torch dtype (float32, float16, bfloat16) as it is, its name (with or
+    without ``torch.``, or fp32 / fp16 / half / bf16), or ``"auto"``: float16 on a GPU, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPE_NAMES.values():
+            raise UserError(f"dtype {dtype} is not supported; use torch.float32, torch.float16 or torch.bfloat16")
+        return dtype
+    name = str(dtype).strip().lower().removeprefix("torch.")
+    if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if name not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16 (or a torch dtype)")
+    return DTYPE_NAMES[name]
 
 
 def _offline() -> bool:

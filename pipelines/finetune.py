@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from sma_guidance.atomic import atomic_write
 from sma_guidance.errors import UserError
+from sma_guidance.precision import LossScale, scaled_backward
 from sma_guidance.vmc import motion_distillation_terms, noise_from_prediction
 
 ADAPTER_FORMAT = "sma-guide-motion-adapter/1"
@@ -160,11 +161,11 @@ def train_motion_adapter(
     latents: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
     *,
-    steps: int = 300,
+    steps: int = 400,
     learning_rate: float = 1e-4,
     weight_decay: float = 1e-2,
     max_grad_norm: float = 1.0,
-    trainable_modules: str = r"(temp_attentions|transformer_in)\..*\.to_[qkv]$",
+    trainable_modules: str = r"temp_attentions\..*\.to_[qkv]$",
     gradient_checkpointing: bool = True,
     seed: int = 0,
     base_model: str = "",
@@ -172,6 +173,8 @@ def train_motion_adapter(
     prediction_type: str = "epsilon",
     family: str = "",
     unet_call: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
+    loss_scaling: str = "dynamic",
+    loss_scale: float = 2.0**16,
     **loss_settings: Any,
 ) -> MotionAdapter:
     """Fine-tune the temporal attention of ``unet`` on one clip and return the trained tensors.
@@ -193,6 +196,8 @@ def train_motion_adapter(
         family: the backbone family, recorded in the adapter.
         unet_call: ``(latents, t, embedding) -> prediction`` as the model's family calls its UNet
             (default: ``unet(latents, t, encoder_hidden_states=embedding).sample``).
+        loss_scaling, loss_scale: the loss scale of a float16 model's backward
+            (:class:`~sma_guidance.precision.LossScale`); unused in float32 and bfloat16.
         **loss_settings: ``lambda_global``, ``lambda_local``, ``residual``, ``levels``,
             ``level_weights``, ``wavelet``, ``delta`` of :func:`motion_distillation_terms`.
     """
@@ -229,23 +234,30 @@ def train_motion_adapter(
             # keep the activations saved for backward in pinned host memory instead.
             stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
         optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-        autocast = torch.autocast("cuda", dtype=model_dtype) if half else contextlib.nullcontext()
+        autocast = torch.autocast(device.type, dtype=model_dtype) if half else contextlib.nullcontext()
+        scale = LossScale.for_run(loss_scaling, loss_scale, model_dtype)
         for step in range(steps):
             t = int(torch.randint(0, num_timesteps, (1,), generator=generator))
             noise = torch.randn(clean.shape, generator=generator).to(device)
             alpha_prod = alphas_cumprod[t]
             noisy = alpha_prod.sqrt() * clean + (1 - alpha_prod).sqrt() * noise
-            with autocast:
-                output = forward(noisy.to(model_dtype), t, encoder_hidden_states)
-            noise_pred = noise_from_prediction(output.float(), noisy, alpha_prod, prediction_type)
-            terms = motion_distillation_terms(
-                *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
-            )
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
+
+            def objective() -> dict[str, torch.Tensor]:
+                with autocast:
+                    output = forward(noisy.to(model_dtype), t, encoder_hidden_states)
+                noise_pred = noise_from_prediction(output.float(), noisy, alpha_prod, prediction_type)
+                return motion_distillation_terms(
+                    *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
+                )
+
+            # A float16 model's gradients are scaled through its backward and divided back on the float32
+            # master weights, so clipping and AdamW see the true gradient.
+            terms = scaled_backward(objective, trainable, scale)
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
             optimizer.step()
             record = {"step": step, "timestep": t, **{k: float(v.detach()) for k, v in terms.items()}}
+            if scale.enabled:
+                record["loss_scale"] = scale.last
             history.append(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
@@ -271,6 +283,7 @@ def train_motion_adapter(
         "trainable_modules": trainable_modules,
         "seed": seed,
         "prediction_type": prediction_type,
+        "loss_scaling": loss_scaling if scale.enabled else "off",
         **loss_settings,
     }
     return MotionAdapter(

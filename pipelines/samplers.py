@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sma_guidance.errors import UserError
 
-from .inversion import check_timesteps_covered, ddim_invert, inversion_timesteps
+from .inversion import check_timesteps_covered, ddim_invert, inversion_timesteps, public_config
 
 ModelFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (latents, t, embedding) -> output
 Progress = Callable[[int], object] | None
@@ -50,6 +50,12 @@ class DDIMSampler:
         """The sampling timesteps, noisiest first."""
         self.scheduler.set_timesteps(num_inference_steps)
         return [int(t) for t in self.scheduler.timesteps]
+
+    def describe(self, num_inference_steps: int) -> dict:
+        """What samples and inverts, for a run's record: the scheduler's class and settings (betas, spacing,
+        offset, clipping, prediction type) and the sampling timesteps."""
+        return {"sampler": self.name, "scheduler": type(self.scheduler).__name__, "inversion": "DDIMInverseScheduler",
+                "config": public_config(self.scheduler.config), "timesteps": self.timesteps(num_inference_steps)}
 
     def check(self, inversion_steps: int, num_inference_steps: int) -> None:
         """A one-line :class:`UserError` when the inversion would skip a sampling timestep."""
@@ -134,6 +140,13 @@ class FlowMatchSampler:
         timesteps = [sigma * self.num_train_timesteps for sigma in sigmas[:-1]]
         self._sigmas_of = dict(zip(timesteps, zip(sigmas, sigmas[1:])))  # one Euler step moves to the next σ
         return timesteps
+
+    def describe(self, num_inference_steps: int) -> dict:
+        """What samples and inverts, for a run's record: Euler on these shifted flow sigmas (the
+        registered scheduler's class and settings, the shift) and the sampling timesteps σ·T."""
+        return {"sampler": self.name, "scheduler": type(self.scheduler).__name__, "inversion": "the same Euler ODE, upwards",
+                "config": public_config(self.scheduler.config), "shift": self.shift,
+                "sigmas": self.sigmas(num_inference_steps), "timesteps": self.timesteps(num_inference_steps)}
 
     def fitting_inversion_steps(self, preferred: int, num_inference_steps: int) -> int:
         """The multiple of ``num_inference_steps`` closest to ``preferred`` (the larger on a tie)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -40,10 +41,11 @@ from transformers import CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import initial_latent, sma_objective_terms
-from sma_guidance.errors import UserError
+from sma_guidance.errors import UserAdvice, UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.guidance import classifier_free_guidance
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
+from sma_guidance.precision import LossScale, scaled_backward
 from sma_guidance.video_io import DEFAULT_FPS, read_clip, resize_and_crop, select_frames
 
 from .backbones import Backbone, backbone_of
@@ -71,6 +73,8 @@ class SMAPipelineOutput(BaseOutput):
         adapter: the motion adapter used (trained in this call or given), or ``None``; save it with
             ``out.adapter.save("motion.safetensors")``.
         train_loss_history: per fine-tune step: timestep and the VMC / global / local / total loss.
+        sampler: what sampled (and inverted): the scheduler's class and settings (betas, spacing, offset,
+            clipping; a flow model's shift and sigmas) and the sampling timesteps.
     """
 
     frames: Any
@@ -80,6 +84,15 @@ class SMAPipelineOutput(BaseOutput):
     timings: dict[str, float] = field(default_factory=dict)
     adapter: MotionAdapter | None = None
     train_loss_history: list[dict[str, float]] = field(default_factory=list)
+    sampler: dict[str, Any] = field(default_factory=dict)
+
+
+# Said once per process (Python's warning registry), as a warning the CLI prints as one line.
+EMPTY_SOURCE_PROMPT = (
+    "the source prompt is empty: DMT inverts the input and records its reference features conditioned on a "
+    "description of it, and without one the motion follows less; describe the input with --source-prompt "
+    "(Python: source_prompt=), e.g. \"a red circle moving right on a black background\""
+)
 
 
 class SMAMotionTransferPipeline(DiffusionPipeline):
@@ -117,15 +130,17 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls, model: str, device: str = "auto", dtype: str = "auto", motion_adapter: str | None = None
+        cls, model: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+        motion_adapter: str | None = None,
     ) -> "SMAMotionTransferPipeline":
         """Load ``model`` (Hub id, local folder, ``tiny-random``, ``tiny-random-animatediff``, ...) onto
         ``device`` with actionable errors; ``motion_adapter`` (a diffusers ``MotionAdapter``'s Hub id or
-        folder) makes an AnimateDiff of an SD 1.5 image model. ``dtype="auto"``: float32 on the CPU; on a
+        folder) makes an AnimateDiff of an SD 1.5 image model. ``dtype``: a torch dtype
+        (``torch.float16``, as diffusers' ``torch_dtype``) or its name; ``"auto"``: float32 on the CPU, on a
         GPU the family's half precision (float16; Wan: bfloat16, the precision it was trained in)."""
         from .backbones import BACKBONES, model_family
 
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(str(device))
         torch_dtype = resolve_dtype(dtype, torch_device)
         family = model_family(model, motion_adapter)
         if dtype == "auto" and torch_dtype != torch.float32 and family in BACKBONES:
@@ -168,8 +183,19 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         return self.sampler.timesteps(num_inference_steps)
 
     def default_config(self) -> SMAConfig:
-        """The defaults for this pipeline's model (its family's and its own preset applied)."""
-        return SMAConfig.for_model(self.model_name, family=self.backbone.name, motion_adapter=self.motion_adapter_name)
+        """The defaults for this pipeline's model (its family's and its own preset applied, the recorded
+        layers read off its architecture)."""
+        return self.with_feature_layers(
+            SMAConfig.for_model(self.model_name, family=self.backbone.name, motion_adapter=self.motion_adapter_name)
+        )
+
+    def with_feature_layers(self, config: SMAConfig) -> SMAConfig:
+        """``config``, its ``feature_layers`` derived from this model's architecture when it names none
+        (:meth:`~pipelines.backbones.base.Backbone.default_feature_layers`: DMT's decoder block 1, Wan's
+        middle block)."""
+        if config.feature_layers is not None:
+            return config
+        return config.replace(feature_layers=self.backbone.default_feature_layers(self.denoiser))
 
     def feature_recorder(self, config: SMAConfig, stop_after_last: bool = True) -> FeatureRecorder:
         """Hooks on ``config.feature_layers`` of the denoiser, their outputs as ``(B, F, C, H, W)`` (``F``:
@@ -366,6 +392,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 totals[key] = totals.get(key, 0) + value
         return totals
 
+    def loss_scale(self, config: SMAConfig) -> LossScale:
+        """The loss scale of a run's backward passes: ``config.loss_scaling`` from ``config.loss_scale`` on a
+        float16 denoiser; none in float32 or bfloat16 (float32's exponent range: nothing underflows)."""
+        return LossScale.for_run(config.loss_scaling, config.loss_scale, self.denoiser.dtype)
+
     @contextlib.contextmanager
     def guidance_backward(self, config: SMAConfig) -> Iterator[None]:
         """The state of every guidance backward: frozen UNet weights (no weight gradients) and the
@@ -385,24 +416,32 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         config: SMAConfig,
         recorder: FeatureRecorder,
         on_iteration: Callable[[dict[str, float]], None] | None = None,
+        loss_scale: LossScale | None = None,
     ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         """Run ``config.optimization_steps`` Adam steps on ``latents`` at timestep ``t``.
 
         Reference features of ``reference_latents`` (the inversion at ``t``, source prompt) are computed
-        once, without gradients. Returns the optimized latents (detached) and the per-iteration losses.
+        once, without gradients. On a float16 denoiser the objective is backpropagated with a loss scale
+        (:mod:`sma_guidance.precision`; ``loss_scale`` carries it across the steps of a run, default: a
+        fresh one of ``config``'s), and Adam steps on the true gradient. Returns the optimized latents
+        (detached) and the per-iteration losses (with the loss scale used, when one is).
         """
         with torch.no_grad():
             reference = recorder.run(self._unet_call, reference_latents, t, source_embedding)
+        scale = loss_scale or self.loss_scale(config)
         optimized = latents.detach().clone().float().requires_grad_(True)
         optimizer = torch.optim.Adam([optimized], lr=learning_rate)
         history = []
         with self.guidance_backward(config):
             for _ in range(config.optimization_steps):
-                optimizer.zero_grad(set_to_none=True)
-                terms = self.guidance_objective(optimized, t, target_embedding, reference, recorder, config)
-                terms["total"].backward()
+                terms = scaled_backward(
+                    lambda: self.guidance_objective(optimized, t, target_embedding, reference, recorder, config),
+                    [optimized], scale,
+                )
                 optimizer.step()
                 record = {key: float(value.detach()) for key, value in terms.items()}
+                if scale.enabled:
+                    record["loss_scale"] = scale.last
                 history.append(record)
                 if on_iteration:
                     on_iteration(record)
@@ -410,6 +449,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------ fine-tuning
     def _train_adapter(self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig) -> MotionAdapter:
+        advise_on_source_prompt(config)
         return train_motion_adapter(
             self.unet,
             self.scheduler.alphas_cumprod,
@@ -419,7 +459,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             learning_rate=config.train_learning_rate,
             weight_decay=config.train_weight_decay,
             max_grad_norm=config.train_max_grad_norm,
-            trainable_modules=config.trainable_modules,
+            trainable_modules=self.backbone.trainable_pattern(config.trainable_modules),
             gradient_checkpointing=config.gradient_checkpointing,
             seed=config.seed,
             base_model=self.model_name,
@@ -430,6 +470,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             lambda_global=config.train_lambda_global,
             lambda_local=config.train_lambda_local,
             residual=config.residual,
+            loss_scaling=config.loss_scaling,
+            loss_scale=config.loss_scale,
             **config.spectral_settings,
         )
 
@@ -451,7 +493,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         if unknown:
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
         chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
-        config = (config or self.default_config()).replace(**explicit, **overrides).validate()
+        config = self.with_feature_layers((config or self.default_config()).replace(**explicit, **overrides).validate())
         self.backbone.check(self, config)
         self.sampler.check_eta(config.eta)
         if chosen:
@@ -576,7 +618,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         record = config.to_dict()
         if len(prompts) > 1:
             record["seed"] = seeds
-        return SMAPipelineOutput(frames=frames, config=record, fps=config.fps or 8.0)
+        return SMAPipelineOutput(frames=frames, config=record, fps=config.fps or 8.0,
+                                 sampler=self.sampler.describe(config.num_inference_steps))
 
     def _progress_iter(self, iterable: Any, desc: str) -> Any:
         with self._progress(len(iterable), desc) as bar:
@@ -634,11 +677,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             optimization_steps: Adam steps on the latent before each guided step (default 10).
             lambda_global: weight of the Haar-wavelet global motion term λg (default 0.4; 0 = DMT).
             lambda_local: weight of the FFT local motion term λl (default 0.2; 0 = DMT).
-            levels: Haar decomposition levels (default: the deepest valid for ``num_frames - 1``).
+            levels: Haar decomposition levels (default: ⌈log₂ T⌉ for T residual frames, the paper's: 3 for 8 frames).
             delta: exponent δ of the low-frequency weights (default 0.05).
             seed: seed of every random draw (default 0).
             mode: ``"zero-shot"`` (default: latent optimization while sampling), ``"fine-tune"`` (train
-                the temporal attention on the clip for ``train_steps``, default 300, then sample without
+                the temporal attention on the clip for ``train_steps``, default 400, then sample without
                 guidance) or ``"both"`` (the adapted model with zero-shot guidance).
             adapter: a :class:`MotionAdapter` or the path of a saved one, applied for this call (no
                 training then, in any mode).
@@ -649,9 +692,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``, ``guidance_rescale=0.0``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
                 ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
-                settings ``train_steps=300``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
+                settings ``train_steps=400``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
-                ``residual="signed"``, ``trainable_modules=...``, ``gradient_checkpointing=True``, and the
+                ``residual="signed"``, ``trainable_modules="vmc"``, ``gradient_checkpointing=True``, and the
                 memory / speed options ``attention="sdpa"``, ``activation_checkpointing="blocks"`` ("off" in
                 the small models' presets),
                 ``vae_batch_size=1``, ``vae_tiling=False``.
@@ -712,6 +755,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             timings=timings,
             adapter=adapter,
             train_loss_history=adapter.loss_history if adapter is not None else [],
+            sampler=self.sampler.describe(config.num_inference_steps),
         )
         return result if return_dict else (output, loss_history)
 
@@ -727,6 +771,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         output_type: str,
     ) -> tuple[Any, list[dict[str, Any]]]:
         """Invert, run the guided DDIM loop and decode; fills ``timings``."""
+        advise_on_source_prompt(config)
         clock = time.perf_counter()
         guided = timesteps[: config.num_guided_steps]
         # Keep the latents a guided run of this config would need even when this run needs fewer
@@ -745,6 +790,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         loss_history: list[dict[str, Any]] = []
         timings["guidance"] = timings["denoise"] = 0.0
         recorder = self.feature_recorder(config)
+        scale = self.loss_scale(config)
         with self._progress(len(timesteps), "Sampling") as bar:
             for i, t in enumerate(timesteps):
                 if i < len(guided):
@@ -760,6 +806,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                             config,
                             recorder,
                             on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False),
+                            loss_scale=scale,
                         )
                     loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]), "iterations": history})
                     timings["guidance"] += time.perf_counter() - clock
@@ -776,6 +823,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         output = self._postprocess(latents, output_type, config.vae_batch_size)
         timings["decode"] = time.perf_counter() - clock
         return output, loss_history
+
+
+def advise_on_source_prompt(config: SMAConfig) -> None:
+    """Warn (:class:`UserAdvice`) when the source prompt is empty; once per process: the warning always
+    comes from this line, which Python's registry remembers."""
+    if not config.source_prompt.strip():
+        warnings.warn(EMPTY_SOURCE_PROMPT, UserAdvice, stacklevel=1)
 
 
 @contextlib.contextmanager

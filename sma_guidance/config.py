@@ -3,9 +3,10 @@
 
 The defaults are DMT's published configuration for Zeroscope (``configs/guidance_config.yaml`` and
 ``configs/preprocess_config.yaml`` of Yatim et al.) plus the SMA paper's spectral weights
-(λg = 0.4, λl = 0.2, δ = 0.05, Haar). Other model families (AnimateDiff) override some of them in
-:data:`FAMILY_PRESETS` (native size, recorded layers, trained modules), and single models can carry a
-*preset* on top (their native size, say); see :data:`MODEL_PRESETS`.
+(λg = 0.4, λl = 0.2, δ = 0.05, Haar). Other model families (AnimateDiff, Wan) override some of them in
+:data:`FAMILY_PRESETS` (native size, guidance scale, trained modules), and single models can carry a
+*preset* on top (their native size, say); see :data:`MODEL_PRESETS`. What follows from a loaded model's
+architecture — the recorded layers when none are named — is derived by the pipeline and recorded.
 """
 
 from __future__ import annotations
@@ -28,28 +29,19 @@ DEFAULT_MODEL = "cerspense/zeroscope_v2_576w"
 DMT_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted image, watermark, signature"
 
 # DMT records decoder block 1 of the UNet3D: the resnet's pre-residual output (its conv2), the
-# temporal convolution after it, and the block's upsampler.
+# temporal convolution after it, and the block's upsampler. These are its published names for
+# Zeroscope; a run that names no layers (feature_layers None) takes what the model family's rule reads off
+# the loaded architecture (pipelines.backbones: Backbone.default_feature_layers), which gives exactly
+# these on Zeroscope's UNet, their counterparts on AnimateDiff's (the motion module in the place of the
+# temporal convolution) and the middle block of a Wan transformer.
 DMT_FEATURE_LAYERS = (
     "up_blocks.1.resnets.1.conv2",
     "up_blocks.1.temp_convs.1",
     "up_blocks.1.upsamplers.0",
 )
 
-# AnimateDiff's counterpart of DMT's decoder block 1 (README, "Models"): SD 1.5's UNet has Zeroscope's
-# block layout (channels 320/640/1280/1280, three resnets per decoder block), and its up_blocks.1 is, as
-# Zeroscope's, the first decoder block with text cross-attention, 1280 channels at 1/32 of the frame
-# (16 x 16 at 512 x 512, upsampled to 32 x 32). Recorded: the middle resnet's pre-residual output, the
-# motion module after it (the temporal transformer, where the frames meet, in the place of DMT's
-# temporal convolution) and the block's upsampler.
-ANIMATEDIFF_FEATURE_LAYERS = (
-    "up_blocks.1.resnets.1.conv2",
-    "up_blocks.1.motion_modules.1",
-    "up_blocks.1.upsamplers.0",
-)
-
-# Wan 2.1 1.3B's counterpart (README, "Models"): its middle transformer block (15 of 30), as DiTFlow
-# records a middle block of CogVideoX; the forward stops after it, so the guidance runs half the network.
-WAN_FEATURE_LAYERS = ("blocks.15",)
+# Fields whose None means "derived from the loaded model" (the run's record holds what was derived).
+DERIVED_FROM_MODEL = ("feature_layers",)
 
 FEATURE_NORMALIZATIONS = ("none", "ref-rms")
 MODES = ("zero-shot", "fine-tune", "both")
@@ -57,6 +49,7 @@ RESIDUALS = ("signed", "abs")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTIONS = ("sdpa", "classic")
 CHECKPOINTING = ("off", "blocks", "layers")
+LOSS_SCALINGS = ("dynamic", "static", "off")  # sma_guidance.precision
 
 
 @dataclass
@@ -130,7 +123,9 @@ class SMAConfig:
     optimization_steps: int = 10
     learning_rate_start: float = 0.007
     learning_rate_end: float = 0.004
-    feature_layers: tuple[str, ...] = DMT_FEATURE_LAYERS
+    # None: derived from the loaded model (DMT's decoder block 1, or Wan's middle block; see above) and
+    # recorded in the run's configuration.
+    feature_layers: tuple[str, ...] | None = None
     # "ref-rms" divides both feature maps by the reference's RMS before the spectral terms, so
     # that lambda means the same on every layer and model; "none" is the paper's objective.
     feature_normalization: str = "none"
@@ -138,7 +133,7 @@ class SMAConfig:
     # Spectral Motion Alignment (paper eq. 19): lambda_global = lambda_local = 0 is plain DMT.
     lambda_global: float = 0.4
     lambda_local: float = 0.2
-    levels: int | None = None  # None: the deepest Haar level valid for num_frames - 1 residuals
+    levels: int | None = None  # None: ceil(log2(residual frames)), the paper's (3 for 8 frames, 4 for 16)
     level_weights: tuple[float, ...] | None = None  # levels + 1 entries, approximation first
     wavelet: str = "haar"
     delta: float = 0.05
@@ -148,16 +143,28 @@ class SMAConfig:
     mode: str = "zero-shot"
     adapter: str | None = None  # a saved motion adapter to apply (skips training in every mode)
 
-    # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1).
-    train_steps: int = 300
+    # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1): VMC's 400
+    # steps (SMA: 400-500) on its trainable set.
+    train_steps: int = 400
     train_learning_rate: float = 1e-4
     train_weight_decay: float = 1e-2
     train_max_grad_norm: float = 1.0
     train_lambda_global: float = 0.4
     train_lambda_local: float = 0.2
     residual: str = "signed"  # "abs": |δ| as in the official SMA code
-    trainable_modules: str = r"(temp_attentions|transformer_in)\..*\.to_[qkv]$"
+    # What the fine-tune trains: a named set of the model family's (pipelines.backbones:
+    # Backbone.trainable_sets) or a regular expression over the denoiser's submodule names. "vmc": VMC's
+    # recipe, the temporal attentions' query / key / value projections (AnimateDiff: its motion modules');
+    # "vmc+transformer_in" (ours, Zeroscope family): also the UNet3D's input temporal transformer.
+    trainable_modules: str = "vmc"
     gradient_checkpointing: bool = True
+
+    # Half precision (sma_guidance.precision): on a float16 denoiser the guidance and the fine-tune
+    # backpropagate loss * loss_scale and divide the gradient back (the objective's gradient underflows
+    # float16 otherwise); "dynamic" halves the scale and recomputes on an overflow and doubles it after 10
+    # clean backwards, "static" only halves, "off" scales nothing. Not used in float32 or bfloat16.
+    loss_scaling: str = "dynamic"
+    loss_scale: float = 65536.0
 
     # Memory and speed (measured in the README, "Memory and speed options"); none changes the result
     # beyond float rounding.
@@ -313,8 +320,9 @@ class SMAConfig:
             _require_float("duration", self.duration, positive=True)
         if self.inversion_steps > 1000 or self.num_inference_steps > 1000:
             raise UserError("inversion_steps and num_inference_steps must be at most 1000 (the model's timesteps)")
-        if not self.feature_layers:
-            raise UserError("feature_layers is empty; name at least one UNet submodule to record")
+        if self.feature_layers is not None and not self.feature_layers:
+            raise UserError("feature_layers is empty; name at least one UNet submodule to record, or leave it unset "
+                            "for the model's default")
         if self.feature_normalization not in FEATURE_NORMALIZATIONS:
             raise UserError(
                 f"feature_normalization must be one of {', '.join(FEATURE_NORMALIZATIONS)} "
@@ -341,6 +349,9 @@ class SMAConfig:
             raise UserError(
                 f"activation_checkpointing must be one of {', '.join(CHECKPOINTING)} (got {self.activation_checkpointing!r})"
             )
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise UserError(f"loss_scaling must be one of {', '.join(LOSS_SCALINGS)} (got {self.loss_scaling!r})")
+        _require_float("loss_scale", self.loss_scale, positive=True)
         _require_int("vae_batch_size", self.vae_batch_size, minimum=1)
         if not isinstance(self.vae_tiling, bool):
             raise UserError(f"vae_tiling must be true or false (got {self.vae_tiling!r})")
@@ -416,10 +427,6 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
         "height": 512,
         "width": 512,
         "guidance_scale": 7.5,  # diffusers' AnimateDiffPipeline default (DMT's 10 was tuned on Zeroscope)
-        "feature_layers": ANIMATEDIFF_FEATURE_LAYERS,
-        # VMC's recipe on AnimateDiff: the motion modules' attention projections (both attentions of an
-        # AnimateDiff motion module attend over frames).
-        "trainable_modules": r"motion_modules\..*\.to_[qkv]$",
     },
     "wan": {
         # Wan 2.1's native clip: 81 frames (4k + 1: 21 latent frames) of 480 x 832; estimated to fit a 24 GB
@@ -429,7 +436,6 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
         "height": 480,
         "width": 832,
         "guidance_scale": 5.0,  # WanPipeline's default
-        "feature_layers": WAN_FEATURE_LAYERS,
         # The flow ODE is inverted on the sampler's own sigmas (any multiple of the sampling steps).
         "inversion_steps": 50,
         # DMT's restart sampling was tuned on Zeroscope's DDIM; the Euler ODE runs as it is.
@@ -455,7 +461,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "num_frames": 17,
         "height": 64,
         "width": 64,
-        "feature_layers": ("blocks.1",),
         "activation_checkpointing": "off",
     },
     # The bundled model trained on the shapes world (pipelines/shapes_training.py); its own
@@ -480,6 +485,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate_start": 0.012,
         "learning_rate_end": 0.007,
         "train_steps": 60,
+        # The benchmark's fine-tune rows were measured training the input temporal transformer too (ours,
+        # before VMC's set became the default); VMC's set alone is not yet measured on this model.
+        "trainable_modules": "vmc+transformer_in",
         # A few MiB of activations: recomputing them would only cost time.
         "activation_checkpointing": "off",
         # Text-to-video from pure noise (pipe.generate): the transfer's DDIM draws a twin, a split-off
@@ -520,9 +528,8 @@ def preset_name(model: str) -> str:
 
 
 __all__ = [
-    "WAN_FEATURE_LAYERS",
-    "ANIMATEDIFF_FEATURE_LAYERS",
     "DEFAULT_MODEL",
+    "DERIVED_FROM_MODEL",
     "DMT_FEATURE_LAYERS",
     "DMT_NEGATIVE_PROMPT",
     "FAMILY_PRESETS",

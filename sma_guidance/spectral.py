@@ -7,6 +7,7 @@ the input's device and dtype, so the same code runs in float32/float64 on CPU an
 """
 
 import functools
+import math
 import warnings
 
 import pywt
@@ -93,11 +94,18 @@ def low_frequency_weights(height, width, delta=0.05, *, device=None, dtype=None)
 
 
 def max_wavelet_level(length, wavelet="haar"):
-    """The deepest useful DWT level for a sequence of ``length`` samples (at least 1).
+    """The deepest DWT level for a series of ``length`` residual frames: ``⌈log₂ length⌉`` (at least 1).
+
+    That is the level at which the zero-padded transform has halved the series down to one
+    coefficient; SMA uses it (Haar, l = 3 for 8-frame videos, l = 4 for 16-frame ones: paper
+    appendix). pywt's ``dwt_max_level`` is lower (it stops before the filter outgrows the signal), but
+    with zero padding the deeper levels are well defined. ``wavelet`` is checked, not used: the bound is
+    the same for every wavelet.
 
     ``length`` is the number of residual frames, i.e. the number of video frames minus one.
     """
-    return max(1, pywt.dwt_max_level(length, _wavelet(wavelet).dec_len))
+    _wavelet(wavelet)
+    return max(1, math.ceil(math.log2(length))) if length >= 1 else 1
 
 
 def _wavelet(name):
@@ -147,7 +155,9 @@ def global_motion_loss(ref, pred, levels=None, level_weights=None, wavelet="haar
 
     Args:
         ref, pred: residuals, ``(B, T, C, H, W)`` or ``(T, C, H, W)``.
-        levels: DWT levels ``J``; ``None`` for the deepest valid one, :func:`max_wavelet_level`.
+        levels: DWT levels ``J``, 1 to ``⌈log₂ T⌉`` (zero padding: a series of T residuals halves to
+            one coefficient in that many levels); ``None`` for ``⌈log₂ T⌉`` (:func:`max_wavelet_level`),
+            the paper's choice (3 for 8 frames, 4 for 16).
         level_weights: ``J + 1`` weights ``(w₀ for A, w₁ for D¹, ..., w_J for Dᴶ)``; all 1 if None.
         wavelet: a discrete pywt wavelet name.
 

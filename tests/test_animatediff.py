@@ -16,6 +16,7 @@ import pipelines.sma_pipeline as sma_pipeline_module
 from conftest import quiet_pipeline, write_moving_square
 from pipelines import SMAMotionTransferPipeline
 from pipelines.backbones import BACKBONES, detect_backbone, model_family
+from pipelines.backbones.animatediff import AnimateDiffBackbone
 from pipelines.backbones.animatediff import (
     MOTION_ADAPTER_CONFIG,
     SD15_UNET_CONFIG,
@@ -24,12 +25,15 @@ from pipelines.backbones.animatediff import (
     motion_unet_config,
 )
 from pipelines.finetune import MotionAdapter
-from sma_guidance.config import ANIMATEDIFF_FEATURE_LAYERS, DMT_FEATURE_LAYERS, SMAConfig
+from sma_guidance.config import DMT_FEATURE_LAYERS, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
 from test_cli import assert_one_line_error, assert_success, invoke, load_record
 
 TINY = "tiny-random-animatediff"
+# DMT's decoder block 1 on an AnimateDiff UNet (SD 1.5's layout, as the tiny model's): the middle resnet,
+# the motion module after it, the upsampler.
+ANIMATEDIFF_FEATURE_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.motion_modules.1", "up_blocks.1.upsamplers.0")
 FAST = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False)
 FAST_ARGS = ["--model", TINY, "--steps", "4", "--inversion-steps", "4", "--optimization-steps", "1", "--frames", "4",
              "--no-restart", "-q"]
@@ -55,7 +59,7 @@ def test_tiny_model_is_an_animatediff_with_the_default_layers(pipe):
     assert pipe.backbone.name == "animatediff"
     config = pipe.default_config()
     assert config.feature_layers == ANIMATEDIFF_FEATURE_LAYERS
-    assert config.trainable_modules == r"motion_modules\..*\.to_[qkv]$"
+    assert pipe.backbone.trainable_pattern(config.trainable_modules) == r"motion_modules\..*\.to_[qkv]$"
     assert (config.num_frames, config.height, config.width) == (8, 64, 64)  # the tiny preset over 16 x 512 x 512
     modules = dict(pipe.unet.named_modules())
     assert all(name in modules for name in config.feature_layers)
@@ -352,7 +356,7 @@ def test_animatediff_arch_is_sd15_plus_the_v3_adapter_built_on_meta():
     with torch.device("meta"):
         unet = UNetMotionModel.from_config(config)
     modules = dict(unet.named_modules())
-    assert all(name in modules for name in ANIMATEDIFF_FEATURE_LAYERS)
+    assert AnimateDiffBackbone().default_feature_layers(unet) == ANIMATEDIFF_FEATURE_LAYERS
     assert modules["up_blocks.1.resnets.1.conv2"].out_channels == 1280
     assert config["cross_attention_dim"] == 768 and config["use_motion_mid_block"] is False
     parameters = sum(p.numel() for p in unet.parameters())

@@ -14,8 +14,8 @@ from pipelines.finetune import MotionAdapter
 from test_cli import assert_one_line_error, assert_success, invoke, load_record, snapshot, uncaught
 
 PROMPT = "a red car driving on a road"
-# A real parameter of tiny-random's UNet (a temporal attention projection, (32, 32) there).
-TINY_LAYER = "transformer_in.transformer_blocks.0.attn1.to_q.weight"
+# A real parameter of tiny-random's UNet that VMC's recipe trains (a temporal attention projection).
+TINY_LAYER = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1.to_q.weight"
 
 
 # ------------------------------------------------------------------------------------- end to end

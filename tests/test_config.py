@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from sma_guidance.config import DMT_FEATURE_LAYERS, PRESET_FILE, SMAConfig, write_run_record
+from sma_guidance.config import PRESET_FILE, SMAConfig, write_run_record
 from sma_guidance.errors import UserError
 
 
@@ -17,7 +17,7 @@ def test_defaults_are_dmt_and_sma_published_settings():
     assert (config.optimization_steps, config.guidance_fraction) == (10, 0.4)
     assert (config.learning_rate_start, config.learning_rate_end) == (0.007, 0.004)
     assert (config.lambda_global, config.lambda_local, config.delta, config.wavelet) == (0.4, 0.2, 0.05, "haar")
-    assert config.feature_layers == DMT_FEATURE_LAYERS
+    assert config.feature_layers is None  # read off the loaded model: DMT's names on Zeroscope (test_default_layers)
     assert config.num_guided_steps == 20
     assert config.validate() is config
 
@@ -53,7 +53,7 @@ def test_replace_ignores_none():
         ({"lambda_local": -0.1}, "negative"),
         ({"guidance_fraction": 1.5}, "between 0 and 1"),
         ({"optimization_steps": -1}, "at least 0"),
-        ({"levels": 5}, "too deep"),
+        ({"levels": 6}, "too deep"),
         ({"level_weights": (1.0, 1.0)}, "entries"),
         ({"feature_normalization": "zscore"}, "feature_normalization"),
         ({"num_frames": 3.5}, "whole number"),
@@ -72,9 +72,12 @@ def test_validation_errors_are_one_line(changes, message):
 
 
 def test_levels_limit_follows_frame_count():
-    SMAConfig(num_frames=24, levels=4).validate()
-    with pytest.raises(UserError, match="at most 4"):
-        SMAConfig(num_frames=24, levels=5).validate()
+    SMAConfig(num_frames=24, levels=5).validate()  # 23 residuals: ceil(log2 23) = 5
+    with pytest.raises(UserError, match="at most 5"):
+        SMAConfig(num_frames=24, levels=6).validate()
+    SMAConfig(num_frames=8, levels=3).validate()  # the paper's level for 8 frames
+    with pytest.raises(UserError, match="at most 3"):
+        SMAConfig(num_frames=8, levels=4).validate()
     SMAConfig(num_frames=3, levels=1).validate()
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 import pipelines.sma_pipeline as sma_pipeline_module
 import sma_guidance.vmc as vmc_module
 from conftest import moving_square_frames, quiet_pipeline
+from pipelines.backbones.zeroscope import ZeroscopeBackbone
 from pipelines.components import build_tiny_random
 from pipelines.finetune import (
     ADAPTER_FORMAT,
@@ -34,7 +35,8 @@ from sma_guidance.errors import UserError
 from sma_guidance.spectral import global_motion_loss, local_motion_loss
 from sma_guidance.vmc import motion_distillation_terms, residual_alignment_loss
 
-DEFAULT_PATTERN = SMAConfig().trainable_modules
+# What SMAConfig's default ("vmc") means on the Zeroscope family: VMC's temporal attention q / k / v.
+DEFAULT_PATTERN = ZeroscopeBackbone().trainable_pattern(SMAConfig().trainable_modules)
 FAST = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=1, restart_sampling=False)
 
 
@@ -296,6 +298,8 @@ def other_unet(**changes) -> UNet3DConditionModel:
 
 
 def test_trainable_parameters_are_the_temporal_attention_projections(fresh_unet):
+    # VMC's recipe: the temporal attentions' query / key / value projections, nothing else.
+    assert SMAConfig().trainable_modules == "vmc" and SMAConfig().train_steps == 400
     names = trainable_parameter_names(fresh_unet, DEFAULT_PATTERN)
     assert len(names) == len(set(names)) > 0
     all_names = [name for name, _ in fresh_unet.named_parameters()]
@@ -303,17 +307,19 @@ def test_trainable_parameters_are_the_temporal_attention_projections(fresh_unet)
     for name in names:
         parts = name.split(".")
         assert {"to_q", "to_k", "to_v"} & set(parts), name
-        assert parts[0] == "transformer_in" or "temp_attentions" in parts, name
+        assert "temp_attentions" in parts, name
     # ... and every such parameter is there: nothing else, nothing missing.
-    expected = {
-        name
-        for name in all_names
-        if (name.startswith("transformer_in.") or ".temp_attentions." in name)
-        and re.search(r"\.to_[qkv]\.", name)
-    }
+    expected = {name for name in all_names if ".temp_attentions." in name and re.search(r"\.to_[qkv]\.", name)}
     assert set(names) == expected
-    assert any(".temp_attentions." in n for n in names) and any(n.startswith("transformer_in.") for n in names)
+    assert not any(n.startswith("transformer_in.") for n in names)
     assert not any(".attentions." in n or ".to_out." in n for n in names)
+
+
+def test_our_wider_set_adds_the_input_temporal_transformer(fresh_unet):
+    wider = set(trainable_parameter_names(fresh_unet, ZeroscopeBackbone().trainable_pattern("vmc+transformer_in")))
+    added = wider - set(trainable_parameter_names(fresh_unet, DEFAULT_PATTERN))
+    assert added and all(n.startswith("transformer_in.") and re.search(r"\.to_[qkv]\.", n) for n in added)
+    assert ZeroscopeBackbone().trainable_pattern(r"to_q$") == r"to_q$"  # a pattern is taken as it is
 
 
 @pytest.mark.parametrize("pattern", ["no_such_module", r"^transformer_in$", r"to_q\.weight$"])

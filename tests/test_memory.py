@@ -34,7 +34,7 @@ def clip():
 
 # ------------------------------------------------------------------------------ which modules
 def test_checkpoint_units_by_granularity(pipe):
-    layers = SMAConfig().feature_layers  # up_blocks.1.resnets.1.conv2, up_blocks.1.temp_convs.1, up_blocks.1.upsamplers.0
+    layers = pipe.default_config().feature_layers  # up_blocks.1.resnets.1.conv2, up_blocks.1.temp_convs.1, up_blocks.1.upsamplers.0
     assert checkpoint_units(pipe.unet, "off", layers) == []
     blocks = checkpoint_units(pipe.unet, "blocks", layers)
     top = [n for n, _ in pipe.unet.named_children() if n in ("down_blocks", "up_blocks")]

@@ -110,17 +110,31 @@ def _global_reference(ref, pred, level, weights, wavelet="haar"):
     return sum(wt * np.concatenate(g).mean() for wt, g in zip(weights, gaps))
 
 
-def test_max_wavelet_level():
-    assert [max_wavelet_level(t) for t in (1, 2, 3, 4, 7, 8, 23)] == [1, 1, 1, 2, 2, 3, 4]
-    assert max_wavelet_level(23, "db2") == pywt.dwt_max_level(23, 4) == 2
-    assert max_wavelet_level(2, "db4") == 1  # never below 1
+def test_max_wavelet_level_is_the_papers_ceil_log2():
+    # SMA's appendix: Haar with l = 3 for 8-frame videos (7 residuals), l = 4 for 16 (15 residuals).
+    assert max_wavelet_level(7) == 3 and max_wavelet_level(15) == 4
+    assert [max_wavelet_level(t) for t in (1, 2, 3, 4, 5, 8, 9, 20, 23)] == [1, 1, 2, 2, 3, 3, 4, 5, 5]
+    assert max_wavelet_level(23, "db2") == 5  # the bound does not depend on the wavelet
+    assert pywt.dwt_max_level(7, 2) == 2  # what it replaced: pywt refuses the paper's level for 8 frames
+
+
+def test_papers_levels_run_with_zero_padding():
+    # 8 frames -> 7 residuals: levels=None is the paper's 3, the coarsest band holds one coefficient per
+    # series, and each band equals pywt's zero-padded transform at that depth.
+    ref, pred = _randn(1, 7, 2, 2, 2, seed=11), _randn(1, 7, 2, 2, 2, seed=12)
+    weights = [1.0, 0.5, 2.0, 3.0]
+    got = global_motion_loss(ref, pred, level_weights=weights)
+    assert abs(got.item() - _global_reference(ref.numpy(), pred.numpy(), 3, weights)) < 1e-12
+    assert torch.equal(got, global_motion_loss(ref, pred, levels=3, level_weights=weights))
+    with pytest.raises(ValueError, match="maximum is 3"):
+        global_motion_loss(ref, pred, levels=4)
 
 
 @pytest.mark.parametrize("dtype, tol", DTYPE_TOL)
 @pytest.mark.parametrize("t", [1, 2, 3, 7, 8, 23])
 def test_global_motion_loss_matches_pywt(t, dtype, tol):
     ref, pred = _randn(2, t, 2, 3, 2, seed=t), _randn(2, t, 2, 3, 2, seed=100 + t)
-    top = pywt.dwt_max_level(t, 2) or 1
+    top = max(1, math.ceil(math.log2(t)))
     got = global_motion_loss(ref.to(dtype), pred.to(dtype))
     assert got.dtype == dtype and got.shape == ()
     expected = _global_reference(ref.numpy(), pred.numpy(), top, [1.0] * (top + 1))

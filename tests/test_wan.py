@@ -11,10 +11,9 @@ from diffusers import UniPCMultistepScheduler
 from cli import main
 from pipelines import SMAMotionTransferPipeline
 from pipelines.backbones import model_family
-from pipelines.backbones.wan import WAN_TRANSFORMER_CONFIG, build_tiny_t5_tokenizer, build_tiny_wan
+from pipelines.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone, build_tiny_t5_tokenizer, build_tiny_wan
 from sma_guidance.errors import UserError
 from pipelines.samplers import FlowMatchSampler
-from sma_guidance.config import WAN_FEATURE_LAYERS
 from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
 from sma_guidance.video_io import read_frames
@@ -106,7 +105,8 @@ def test_block_tokens_become_latent_frames_on_the_patch_grid(pipe):
     with pipe.feature_recorder(config) as recorder:
         latents = torch.randn(pipe.backbone.latent_shape(pipe, config))
         features = recorder.run(pipe._unet_call, latents, 500.0, pipe.encode_prompt("x"))
-    assert features["blocks.1"].shape == (1, 5, pipe.transformer.config.num_attention_heads * 8, 4, 4)
+    assert config.feature_layers == ("blocks.2",)  # the middle of the tiny model's 4 blocks
+    assert features["blocks.2"].shape == (1, 5, pipe.transformer.config.num_attention_heads * 8, 4, 4)
 
 
 def test_the_forward_stops_after_the_recorded_block(pipe):
@@ -119,12 +119,12 @@ def test_the_forward_stops_after_the_recorded_block(pipe):
     finally:
         for hook in hooks:
             hook.remove()
-    assert ran == [0, 1]
+    assert ran == [0, 1, 2]
 
 
 def test_block_checkpointing_keeps_the_guidance_gradient(pipe):
     config = pipe.default_config()
-    assert checkpoint_units(pipe.transformer, "blocks", config.feature_layers) == ["blocks.0", "blocks.2", "blocks.3"]
+    assert checkpoint_units(pipe.transformer, "blocks", config.feature_layers) == ["blocks.0", "blocks.1", "blocks.3"]
     assert "blocks.0.attn1" in checkpoint_units(pipe.transformer, "layers", config.feature_layers)
     timesteps = pipe.sampling_timesteps(config.num_inference_steps)
     latents = torch.randn(pipe.backbone.latent_shape(pipe, config), generator=torch.Generator().manual_seed(0))
@@ -217,13 +217,12 @@ def test_loads_the_hub_layout_without_code_changes(pipe, clip, tmp_path):
     assert type(loaded.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and loaded.scheduler.config.shift == 3.0
     assert loaded.transformer.dtype == torch.bfloat16 and loaded.vae.dtype == torch.float32  # Wan's VAE stays fp32
     loaded = quiet_pipeline(str(folder), dtype="float32")
-    with pytest.raises(UserError, match=r"not in this 4-block Wan transformer; pass --feature-layers blocks.2"):
-        loaded(clip, "a dog")  # the family's default, blocks.15 of Wan 2.1 1.3B's 30
     settings = dict(num_inference_steps=4, inversion_steps=4, optimization_steps=2, inversion_cache=False, seed=3,
-                    feature_layers=("blocks.2",), num_frames=9, height=64, width=64)
-    ours = loaded(clip, "a dog", **settings).frames
-    built = pipe(clip, "a dog", **settings).frames  # the same weights built in code
-    np.testing.assert_allclose(ours, built, atol=1e-5)
+                    num_frames=9, height=64, width=64)
+    ours = loaded(clip, "a dog", **settings)  # the default layer is the folder's middle block, not the 1.3B's blocks.15
+    assert ours.config["feature_layers"] == ["blocks.2"]
+    built = pipe(clip, "a dog", feature_layers=("blocks.2",), **settings).frames  # the same weights built in code
+    np.testing.assert_allclose(ours.frames, built, atol=1e-5)
 
 
 def test_the_real_architecture_is_wan_2_1_1_3b():
@@ -233,7 +232,7 @@ def test_the_real_architecture_is_wan_2_1_1_3b():
         transformer = WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG)
     parameters = sum(p.numel() for p in transformer.parameters())
     assert 1.3e9 < parameters < 1.5e9
-    assert len(transformer.blocks) == 30 and WAN_FEATURE_LAYERS == ("blocks.15",)
+    assert len(transformer.blocks) == 30 and WanBackbone().default_feature_layers(transformer) == ("blocks.15",)
     tokenizer = build_tiny_t5_tokenizer()
     assert tokenizer("a dog").input_ids[-1] == tokenizer.eos_token_id and tokenizer.model_max_length == 512
 

@@ -27,7 +27,9 @@ from .base import Backbone
 TINY_RANDOM_ANIMATEDIFF = "tiny-random-animatediff"
 ANIMATEDIFF_ARCH = "animatediff-arch"
 
-# AnimateDiff's sampler (its inference configs): DDIM on SD's training betas, linear schedule.
+# AnimateDiff's sampler (guoyww/AnimateDiff's inference configs, the schedule its motion modules were
+# trained on): DDIM on SD's beta range with a *linear* schedule (SD 1.5's own is scaled_linear), no x̂₀
+# clipping, leading timesteps with offset 1. diffusers' AnimateDiff docs use the same with linspace spacing.
 ANIMATEDIFF_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -96,6 +98,16 @@ SUPPORTED = "animatediff (an SD 1.5 image model with an SD 1.5 motion adapter, o
 
 
 # ------------------------------------------------------------------------------------------ building
+def animatediff_scheduler(checkpoint_config: dict[str, Any] | None = None) -> DDIMScheduler:
+    """AnimateDiff's sampler; with a checkpoint's scheduler configuration, its training-step count and
+    prediction type kept (everything else is AnimateDiff's)."""
+    config = dict(ANIMATEDIFF_SCHEDULER_CONFIG)
+    for key in ("num_train_timesteps", "prediction_type"):
+        if checkpoint_config and checkpoint_config.get(key) is not None:
+            config[key] = checkpoint_config[key]
+    return DDIMScheduler(**config)
+
+
 def motion_unet_config(unet_config: dict[str, Any], adapter_config: dict[str, Any]) -> dict[str, Any]:
     """The ``UNetMotionModel`` configuration that ``UNetMotionModel.from_unet2d`` makes of an image UNet
     and a motion adapter with these configurations (built on the meta device: no memory, no weights)."""
@@ -135,8 +147,7 @@ def build_tiny_animatediff(seed: int = 0) -> dict[str, Any]:
         )
         with quiet_loading():  # from_unet2d's notice about casting with .to()
             unet = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
-    scheduler = DDIMScheduler(**ANIMATEDIFF_SCHEDULER_CONFIG)
-    return {**parts, "unet": unet, "scheduler": scheduler}
+    return {**parts, "unet": unet, "scheduler": animatediff_scheduler()}
 
 
 def build_animatediff_arch(seed: int = 0) -> dict[str, Any]:
@@ -152,8 +163,8 @@ def build_animatediff_arch(seed: int = 0) -> dict[str, Any]:
         unet = UNetMotionModel.from_config(motion_unet_config(SD15_UNET_CONFIG, MOTION_ADAPTER_CONFIG))
     for module in (text_encoder, vae, unet):
         module.eval()
-    scheduler = DDIMScheduler(**ANIMATEDIFF_SCHEDULER_CONFIG)
-    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,
+            "scheduler": animatediff_scheduler()}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -226,6 +237,12 @@ class AnimateDiffBackbone(Backbone):
     unet_classes = ("UNetMotionModel",)
     builtin = {TINY_RANDOM_ANIMATEDIFF: build_tiny_animatediff, ANIMATEDIFF_ARCH: build_animatediff_arch}
     accepts = SUPPORTED
+    # the motion module after each resnet: the temporal transformer, where the frames meet, in the place
+    # of DMT's temporal convolution
+    temporal_layers = "motion_modules"
+    # VMC's recipe on AnimateDiff: the motion modules' attention projections (both attentions of an
+    # AnimateDiff motion module attend over frames)
+    trainable_sets = {"vmc": r"motion_modules\..*\.to_[qkv]$"}
 
     def check(self, pipe: Any, config: Any) -> None:
         """The motion modules' positional embedding covers ``motion_max_seq_length`` frames."""
@@ -235,6 +252,14 @@ class AnimateDiffBackbone(Backbone):
                 f"num_frames {config.num_frames} is more than this AnimateDiff's motion modules take ({most}); "
                 f"pass --frames {most} or fewer (16 is AnimateDiff's native clip)"
             )
+
+    def sampling_scheduler(self, scheduler: Any) -> Any:
+        """A DDIM scheduler as it is (a saved AnimateDiff folder's choice); any other — an SD 1.5 base's PNDM
+        on scaled_linear betas, which AnimateDiffPipeline keeps when it is saved — becomes AnimateDiff's
+        own sampler (:data:`ANIMATEDIFF_SCHEDULER_CONFIG`)."""
+        if isinstance(scheduler, DDIMScheduler):
+            return scheduler
+        return animatediff_scheduler(scheduler.config)
 
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: int, embedding: torch.Tensor) -> torch.Tensor:
         """As the UNet3D's, but the text embedding ``(B, L, D)`` goes in once per frame, ``(B·F, L, D)``
@@ -265,8 +290,8 @@ class AnimateDiffBackbone(Backbone):
                     "vae": AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype),
                     "text_encoder": CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch_dtype),
                     "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-                    # the checkpoint's own scheduler settings, sampled with DDIM
-                    "scheduler": DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
+                    # the image model's scheduler samples images; the motion modules were trained on AnimateDiff's
+                    "scheduler": animatediff_scheduler(DDIMScheduler.load_config(model, subfolder="scheduler")),
                 }
                 unet2d = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
                 motion = DiffusersMotionAdapter.from_pretrained(adapter_source, torch_dtype=torch_dtype)
@@ -288,6 +313,7 @@ __all__ = [
     "SD15_UNET_CONFIG",
     "SD15_VAE_CONFIG",
     "TINY_RANDOM_ANIMATEDIFF",
+    "animatediff_scheduler",
     "build_animatediff_arch",
     "build_tiny_animatediff",
     "check_adapter_fits",

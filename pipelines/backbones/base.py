@@ -6,8 +6,9 @@ the outputs — is written once against :class:`Backbone`; one subclass per fami
 transformer) and how it is called, how the outputs of its recorded layers become ``(B, F, C, H, W)``,
 how prompts and frames are encoded, which sampler runs it, which models it builds in code and how it
 loads a checkpoint. The defaults here are the UNet families' (a per-frame 2-D VAE, a CLIP text encoder,
-DDIM). Defaults (recorded layers, trained modules, native size) live in
-:data:`sma_guidance.config.FAMILY_PRESETS`, the single source of defaults.
+DDIM). Settings (native size, guidance scale, trained modules) live in
+:data:`sma_guidance.config.FAMILY_PRESETS`, the single source of defaults; what follows from a loaded
+model's architecture (the recorded layers, :meth:`Backbone.default_feature_layers`) is derived here.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Any, Callable
 import torch
 from einops import rearrange
 
-from sma_guidance.config import FAMILY_PRESETS
 from sma_guidance.errors import UserError
 
 
 class Backbone:
     """A video-model family. Subclasses set the class attributes and override what differs."""
 
-    #: family id, the key of :data:`FAMILY_PRESETS` and what adapters and cache keys record
+    #: family id, the key of :data:`~sma_guidance.config.FAMILY_PRESETS` and what adapters and cache keys record
     name: str = ""
     #: the denoiser class the family builds from a configuration
     unet_type: type = torch.nn.Module
@@ -45,16 +45,44 @@ class Backbone:
     #: one line naming what a user passes for this family (for error messages)
     accepts: str = ""
 
-    @property
-    def preset(self) -> dict[str, Any]:
-        return FAMILY_PRESETS[self.name]
+    #: the submodule list, in each UNet up block, of the temporal layer that follows each resnet
+    temporal_layers: str = "temp_convs"
+    #: what the fine-tune may train, by name (``SMAConfig.trainable_modules``): regular expressions over
+    #: the denoiser's submodule names. "vmc" is VMC's recipe: the temporal attentions' q / k / v.
+    trainable_sets: dict[str, str] = {
+        "vmc": r"temp_attentions\..*\.to_[qkv]$",
+        # ours (the default before VMC's recipe): the UNet3D's input temporal transformer as well
+        "vmc+transformer_in": r"(temp_attentions|transformer_in)\..*\.to_[qkv]$",
+    }
 
-    @property
-    def default_layers(self) -> tuple[str, ...]:
-        """The layers recorded by default (the counterpart of DMT's decoder block 1)."""
-        from sma_guidance.config import SMAConfig
+    def trainable_pattern(self, trainable_modules: str) -> str:
+        """The regular expression of ``trainable_modules``: a named set of this family's, or a pattern as it is."""
+        return self.trainable_sets.get(trainable_modules, trainable_modules)
 
-        return tuple(self.preset.get("feature_layers", SMAConfig().feature_layers))
+    def default_feature_layers(self, denoiser: torch.nn.Module) -> tuple[str, ...]:
+        """The layers recorded when the user names none, read off the loaded architecture: DMT's decoder
+        block 1, i.e. the first up block after the lowest resolution that runs text cross-attention
+        (``up_blocks.1`` of Zeroscope and SD 1.5; any up block after the first when none attends),
+        and in it the resnet DMT records (``resnets.1``, the last when there is one), the temporal layer
+        after that resnet and the block's upsampler when it has one. On Zeroscope's UNet this gives
+        DMT's published ``up_blocks.1.resnets.1.conv2``, ``up_blocks.1.temp_convs.1``,
+        ``up_blocks.1.upsamplers.0``."""
+        blocks = list(getattr(denoiser, "up_blocks", None) or [])
+        if not blocks:
+            raise UserError(
+                f"this {type(denoiser).__name__} has no up blocks to record DMT's decoder features from; "
+                f"name the layers with --feature-layers"
+            )
+        later = list(enumerate(blocks))[1:] or [(0, blocks[0])]
+        index, block = next(((i, b) for i, b in later if getattr(b, "attentions", None)), later[0])
+        resnet = min(1, len(block.resnets) - 1)
+        layers = [f"up_blocks.{index}.resnets.{resnet}.conv2"]
+        temporal = getattr(block, self.temporal_layers, None)
+        if temporal is not None and len(temporal) > resnet:
+            layers.append(f"up_blocks.{index}.{self.temporal_layers}.{resnet}")
+        if getattr(block, "upsamplers", None):
+            layers.append(f"up_blocks.{index}.upsamplers.0")
+        return tuple(layers)
 
     def check(self, pipe: Any, config: Any) -> None:
         """Raise a one-line :class:`~sma_guidance.errors.UserError` when ``config`` (an
@@ -98,14 +126,17 @@ class Backbone:
         return AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor()
 
     def sampling_scheduler(self, scheduler: Any) -> Any:
-        """The scheduler the core samples with, made from the checkpoint's: DDIM (η = 0) on its betas."""
+        """The scheduler the core samples and inverts with, made from the checkpoint's: a DDIM scheduler
+        as it is; any other noise-prediction scheduler (PNDM, Euler, ...) as DDIM on its betas, timestep
+        spacing and offset, without x̂₀ clipping unless its configuration asks for it (DDIM's own default
+        clips to [−1, 1], which is wrong for latents: a scheduler that does not mention it never meant it)."""
         from diffusers import DDIMScheduler
 
         if isinstance(scheduler, DDIMScheduler):
             return scheduler
         if "beta_schedule" not in scheduler.config:
             raise UserError(f"a {type(scheduler).__name__} cannot drive a noise-prediction UNet; pass a DDIM-compatible scheduler")
-        return DDIMScheduler.from_config(scheduler.config)
+        return DDIMScheduler.from_config(scheduler.config, clip_sample=bool(scheduler.config.get("clip_sample", False)))
 
     # ------------------------------------------------------------------------- text and VAE
     @torch.no_grad()

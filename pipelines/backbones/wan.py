@@ -209,6 +209,15 @@ class WanBackbone(Backbone):
                 f"allow at most {deepest}); pass --levels {deepest} or fewer"
             )
 
+    def default_feature_layers(self, denoiser: torch.nn.Module) -> tuple[str, ...]:
+        """The middle transformer block, ``blocks.{n // 2}`` of n (Wan 2.1 1.3B: ``blocks.15`` of 30; 14B:
+        ``blocks.20`` of 40), as DiTFlow records a middle block of CogVideoX; the forward stops after it,
+        so the guidance runs half the network."""
+        blocks = len(getattr(denoiser, "blocks", None) or [])
+        if not blocks:
+            raise UserError("this Wan transformer has no blocks to record; name the layers with --feature-layers")
+        return (f"blocks.{blocks // 2}",)
+
     # ------------------------------------------------------------------------- model calls
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: float, embedding: torch.Tensor) -> torch.Tensor:
         """The transformer's velocity ``(B, C, F', h, w)``; the timestep goes in once per video."""
