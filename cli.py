@@ -656,6 +656,20 @@ def bench_memory(
     click.echo(f"\nwrote {json_path}")
 
 
+def _bench_pipeline(model: str, motion_adapter: str | None, device: str, dtype: str, config_file: Path | None,
+                    **fields: Any) -> tuple[Any, SMAConfig]:
+    """A bench command's model, quiet, and its configuration: the preset, then ``--config``, then the flags
+    given (``fields``; None: unset), checked against the model."""
+    from pipelines import SMAMotionTransferPipeline
+
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype=dtype, motion_adapter=motion_adapter)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.default_config().replace(**overrides).replace(**fields).validate()
+    pipe.backbone.check(pipe, config)
+    return pipe, config
+
+
 @bench.command("precision")
 @click.option("--model", default="tiny-random", show_default=True,
               help="Any model bench speed takes: zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch (full size, random "
@@ -677,22 +691,57 @@ def bench_precision(
     and with loss scaling: cosine and relative error of one guided step's gradient w.r.t. the latent."""
     import torch
 
-    from pipelines import SMAMotionTransferPipeline
     from pipelines.bench_precision import precision_table, run_precision_benchmark
     from pipelines.bench_speed import write_record
 
     check_json_path(json_path, flag="--output")
-    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
-    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32", motion_adapter=motion_adapter)
-    pipe.set_progress_bar_config(disable=True)
-    config = pipe.default_config().replace(**overrides).replace(
-        num_frames=frames, height=height, width=width, activation_checkpointing=activation_checkpointing,
-    ).validate()
-    pipe.backbone.check(pipe, config)
+    pipe, config = _bench_pipeline(model, motion_adapter, device, "float32", config_file, num_frames=frames, height=height,
+                                   width=width, activation_checkpointing=activation_checkpointing)
     record = run_precision_benchmark(pipe, config, getattr(torch, dtype),
                                      log=None if quiet else (lambda message: click.echo(message, err=True)))
     write_record(record, json_path)
     click.echo(precision_table(record))
+    click.echo(f"\nwrote {json_path}")
+
+
+@bench.command("terms")
+@click.option("--model", default="tiny-random", show_default=True,
+              help="shapes, zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch, the tiny ones, a folder or a Hub id.")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path),
+              help="A clip whose inversion gives the reference latent (needs --source-prompt). [default: a seeded draw]")
+@click.option("--source-prompt", help="What the input shows. [default: a car prompt]")
+@_size_options
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields over the preset.")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_terms.json"), show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-row lines.")
+@reports_user_errors
+def bench_terms(
+    model: str, motion_adapter: str | None, input_path: Path | None, source_prompt: str | None, frames: int | None,
+    height: int | None, width: int | None, device: str, dtype: str, config_file: Path | None, json_path: Path, quiet: bool,
+) -> None:
+    """How hard each term of the objective pulls at the model's own feature sizes: the gradient norm of
+    λg·global and λl·local against DMT's at every recorded layer, for each way of scaling the spectral terms."""
+    from pipelines.bench_speed import write_record
+    from pipelines.bench_terms import SOURCE_PROMPT, run_terms_benchmark, terms_table
+
+    check_json_path(json_path, flag="--output")
+    pipe, config = _bench_pipeline(model, motion_adapter, device, dtype, config_file, num_frames=frames, height=height,
+                                   width=width)
+    source = source_prompt or SOURCE_PROMPT
+    reference = None
+    if input_path is not None:
+        frames_in, _ = pipe.prepare_video(input_path, config)
+        t = pipe.sampling_timesteps(config.num_inference_steps)[0]
+        inverted, _ = pipe.invert(frames_in, pipe.encode_prompt(source), config.replace(source_prompt=source), [t])
+        reference = inverted[t]
+    record = run_terms_benchmark(pipe, config, reference, source,
+                                 log=None if quiet else (lambda message: click.echo(message, err=True)))
+    record["input"] = str(input_path) if input_path else None
+    write_record(record, json_path)
+    click.echo(terms_table(record))
     click.echo(f"\nwrote {json_path}")
 
 

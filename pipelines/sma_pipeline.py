@@ -372,7 +372,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         Returns the total and its DMT / global / local parts (each summed over layers). The forward
         stops after the last recorded layer.
         """
-        features = recorder.run(self._unet_call, latents, t, embedding)
+        return self.objective_of_features(reference, recorder.run(self._unet_call, latents, t, embedding), config)
+
+    @staticmethod
+    def objective_of_features(
+        reference: dict[str, torch.Tensor], features: dict[str, torch.Tensor], config: SMAConfig
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 19 summed over the layers of ``features`` (``{layer: (B, F, C, H, W)}``) against ``reference``
+        (the same layers), computed in float32; with ``feature_normalization="ref-rms"`` both maps of a layer
+        are divided by the reference's RMS first. Returns the total and its DMT / global / local parts."""
         totals: dict[str, torch.Tensor] = {}
         for name, pred in features.items():
             ref = reference[name].float()
@@ -690,7 +698,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``, ``guidance_rescale=0.0``,
-                ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="none"``,
+                ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="ref-rms"``,
                 ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
                 settings ``train_steps=400``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,

@@ -126,9 +126,12 @@ class SMAConfig:
     # None: derived from the loaded model (DMT's decoder block 1, or Wan's middle block; see above) and
     # recorded in the run's configuration.
     feature_layers: tuple[str, ...] | None = None
-    # "ref-rms" divides both feature maps by the reference's RMS before the spectral terms, so
-    # that lambda means the same on every layer and model; "none" is the paper's objective.
-    feature_normalization: str = "none"
+    # "ref-rms" divides both feature maps of a layer by the reference's RMS before the spectral terms: an
+    # L1 term's gradient does not depend on the features' magnitude while DMT's cosine's falls as
+    # 1/magnitude, so with raw features lambda_global pulled 0.03-0.27 of DMT's gradient depending on layer
+    # and model, and 0.08-0.21 with this (`sma-guide bench terms`, README "What λ means at full size");
+    # "none" is the paper's objective as published.
+    feature_normalization: str = "ref-rms"
 
     # Spectral Motion Alignment (paper eq. 19): lambda_global = lambda_local = 0 is plain DMT.
     lambda_global: float = 0.4

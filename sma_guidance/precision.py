@@ -100,8 +100,8 @@ def scaled_backward(
         total = terms["total"]
         if not bool(torch.isfinite(total.detach())):
             raise UserError(
-                f"the objective is {float(total)} in the forward pass of a half-precision model; run in float32 "
-                f"(--dtype float32) or, on GPUs that have it, bfloat16"
+                f"the objective is {float(total.detach())} in the forward pass of a half-precision model; "
+                f"run in float32 (--dtype float32) or, on GPUs that have it, bfloat16"
             )
         if not scale.enabled:
             total.backward()

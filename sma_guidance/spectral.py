@@ -189,7 +189,7 @@ def global_motion_loss(ref, pred, levels=None, level_weights=None, wavelet="haar
     return loss
 
 
-def local_motion_loss(ref, pred, delta=0.05):
+def local_motion_loss(ref, pred, delta=0.05, norm="backward"):
     """Local motion alignment: ω-weighted amplitude and phase gaps of each residual's 2-D FFT.
 
     With ``F = fftshift(fft2(x))`` over ``(H, W)`` (eq. 17)::
@@ -201,6 +201,9 @@ def local_motion_loss(ref, pred, delta=0.05):
     Args:
         ref, pred: residuals, ``(B, T, C, H, W)`` or ``(T, C, H, W)``.
         delta: exponent δ of :func:`low_frequency_weights`.
+        norm: the FFT's scaling, as ``torch.fft``'s: ``"backward"`` (none; the paper's, whose amplitudes
+            grow with the frame's size) or ``"ortho"`` (divided by √(H·W): the same amplitude for the same
+            content at any size). The phases, and so the phase term, do not depend on it.
 
     Returns:
         Scalar tensor.
@@ -211,7 +214,7 @@ def local_motion_loss(ref, pred, delta=0.05):
     # hence the same gaps. The half spectrum of rfft2 then gives the full spectrum's weighted sums at
     # half the cost, each column whose mirror it lacks weighted by ω(k) + ω(-k). ω is moved to the
     # unshifted layout instead of shifting both spectra.
-    spec_ref, spec_pred = torch.fft.rfft2(ref), torch.fft.rfft2(pred)
+    spec_ref, spec_pred = torch.fft.rfft2(ref, norm=norm), torch.fft.rfft2(pred, norm=norm)
     omega = torch.fft.ifftshift(low_frequency_weights(h, w, delta, device=ref.device, dtype=spec_ref.real.dtype))
     mirrored = torch.roll(torch.flip(omega, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # ω(-k)
     paired = slice(1, (w + 1) // 2)  # columns 0 and (even w) w/2 hold their own mirrors

@@ -21,6 +21,23 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _WORKERS:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "long_running: a test file of minutes on a CPU; the suite starts it first (see below)"
+    )
+    # Under `-n auto --dist loadfile` a worker takes whole files. xdist's default queues the files with
+    # the most tests first, so the one file of minutes (the shapes model's held-out check) used to start
+    # late and finish alone while the other worker idled; queued first instead (pytest_collection_modifyitems),
+    # the other worker runs the rest of the suite beside it.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)  # stable: the rest keep their order
+
+
 # A complete run in seconds on a CPU: the toy model, 4 frames of 64x64, 4 steps, 2 guided steps of 1
 # Adam iteration each.
 FAST_ARGS = [

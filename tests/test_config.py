@@ -17,6 +17,7 @@ def test_defaults_are_dmt_and_sma_published_settings():
     assert (config.optimization_steps, config.guidance_fraction) == (10, 0.4)
     assert (config.learning_rate_start, config.learning_rate_end) == (0.007, 0.004)
     assert (config.lambda_global, config.lambda_local, config.delta, config.wavelet) == (0.4, 0.2, 0.05, "haar")
+    assert config.feature_normalization == "ref-rms"  # the scale chosen in README "What λ means at full size"
     assert config.feature_layers is None  # read off the loaded model: DMT's names on Zeroscope (test_default_layers)
     assert config.num_guided_steps == 20
     assert config.validate() is config

@@ -12,6 +12,7 @@ from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import dmt_loss
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
+from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 from conftest import quiet_pipeline
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
@@ -73,6 +74,23 @@ def test_objective_is_eq19_summed_over_layers(pipe, clip):
     torch.testing.assert_close(terms["dmt"], expected_dmt)
     expected_total = terms["dmt"] + 0.4 * terms["global"] + 0.2 * terms["local"]
     torch.testing.assert_close(terms["total"], expected_total)
+
+
+@pytest.mark.parametrize("normalization", ["ref-rms", "none"])
+def test_spectral_terms_see_features_divided_by_the_references_rms_by_default(pipe, clip, normalization):
+    config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip, feature_normalization=normalization)
+    with recorder, torch.no_grad():
+        terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
+        features = recorder.run(pipe._unet_call, latents, t, target)
+    expected_global = expected_local = 0.0
+    for name in config.feature_layers:
+        ref, pred = reference[name].double(), features[name].double()
+        rms = float(ref.pow(2).mean().sqrt()) if normalization == "ref-rms" else 1.0
+        ref_res, pred_res = frame_residuals(ref / rms), frame_residuals(pred / rms)
+        expected_global += float(global_motion_loss(ref_res, pred_res))
+        expected_local += float(local_motion_loss(ref_res, pred_res))
+    assert float(terms["global"]) == pytest.approx(expected_global, rel=1e-4)
+    assert float(terms["local"]) == pytest.approx(expected_local, rel=1e-4)
 
 
 def test_zero_lambdas_give_plain_dmt(pipe, clip):

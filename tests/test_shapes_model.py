@@ -14,9 +14,12 @@ from pipelines.components import BUNDLED_MODELS
 from pipelines.shapes_training import vae_round_trip
 from conftest import quiet_pipeline
 
-pytestmark = pytest.mark.skipif(
-    not (BUNDLED_MODELS["shapes"] / "model_index.json").is_file(), reason="the bundled shapes model is not built"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (BUNDLED_MODELS["shapes"] / "model_index.json").is_file(), reason="the bundled shapes model is not built"
+    ),
+    pytest.mark.long_running,  # the held-out check samples 27 clips: minutes
+]
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "zeroscope_reference.npz"
 # A guided run that passes through every stage: inversion, initial latent, two Adam iterations on
 # each of two guided steps, restart sampling, decode; and "both": a short fine-tune first.
 # The defaults that changed since on purpose are pinned to what they were when the reference was written:
-# one Haar level (pywt's deepest for 3 residuals; now the paper's ceil(log2 3) = 2) and the fine-tune's
-# wider trainable set (now VMC's).
+# one Haar level (pywt's deepest for 3 residuals; now the paper's ceil(log2 3) = 2), raw features in the
+# spectral terms (now divided by the reference's RMS) and the fine-tune's wider trainable set (now VMC's).
 SETTINGS = dict(num_frames=4, num_inference_steps=4, inversion_steps=4, optimization_steps=2, restart_sampling=True,
-                inversion_cache=False, seed=3, levels=1)
+                inversion_cache=False, seed=3, levels=1, feature_normalization="none")
 BOTH = dict(SETTINGS, mode="both", train_steps=2, trainable_modules="vmc+transformer_in")
 
 

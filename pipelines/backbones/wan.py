@@ -93,6 +93,14 @@ def build_tiny_t5_tokenizer(max_length: int = MAX_SEQUENCE_LENGTH) -> T5Tokenize
                            extra_ids=0, model_max_length=max_length)
 
 
+def umt5_encoder(config: UMT5Config) -> UMT5EncoderModel:
+    """A UMT5 encoder built from ``config`` whose encoder reads the shared embedding, as a loaded checkpoint's
+    does (transformers 5.0-5.2 give a ``tie_word_embeddings=False`` config, UMT5-XXL's, a second copy)."""
+    model = UMT5EncoderModel(config)
+    model.encoder.embed_tokens = model.shared
+    return model
+
+
 def build_tiny_wan(seed: int = 0) -> dict[str, Any]:
     """A toy Wan with seeded random weights (≈0.26 M parameters): the classes of Wan 2.1 — a
     ``WanTransformer3DModel`` with 4 blocks, a causal ``AutoencoderKLWan`` with Wan's 4× temporal and 8×
@@ -101,7 +109,7 @@ def build_tiny_wan(seed: int = 0) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = build_tiny_t5_tokenizer(max_length=32)
-        text_encoder = UMT5EncoderModel(UMT5Config(
+        text_encoder = umt5_encoder(UMT5Config(
             vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
             relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_gated_act=True,
             dense_act_fn="gelu_new", pad_token_id=tokenizer.pad_token_id,
@@ -126,7 +134,7 @@ def build_wan_arch(seed: int = 0) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = build_tiny_t5_tokenizer()
-        text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL_CONFIG))
+        text_encoder = umt5_encoder(UMT5Config(**UMT5_XXL_CONFIG))
         vae = AutoencoderKLWan(**WAN_VAE_CONFIG)
         transformer = WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG)
     for module in (text_encoder, vae, transformer):
@@ -306,8 +314,8 @@ class WanBackbone(Backbone):
             pipe.vae.to(self.vae_dtype)
         return pipe
 
-    def component_types(self) -> tuple[type, type]:
-        return AutoencoderKLWan, UMT5EncoderModel
+    def component_types(self) -> tuple[type, Any]:
+        return AutoencoderKLWan, umt5_encoder
 
     def placeholder_tokenizer(self) -> Any:
         return build_tiny_t5_tokenizer()
