@@ -7,10 +7,11 @@ that a run stopped by a bad input (checked earlier) leaves no empty folders behi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import UserError
 
@@ -33,6 +34,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             with contextlib.suppress(OSError):  # another writer may have put a file there meanwhile
                 folder.rmdir()
         raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON (values JSON cannot hold as their ``str``), atomically: the project's
+    one JSON writer (run records, benchmark results). Returns the path."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
 
 
 def _missing_folders(path: Path) -> list[Path]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import atomic_write
 from .errors import UserError
 
 DEFAULT_MODEL = "cerspense/zeroscope_v2_576w"
@@ -31,7 +30,7 @@ DMT_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted image, w
 # DMT records decoder block 1 of the UNet3D: the resnet's pre-residual output (its conv2), the
 # temporal convolution after it, and the block's upsampler. These are its published names for
 # Zeroscope; a run that names no layers (feature_layers None) takes what the model family's rule reads off
-# the loaded architecture (pipelines.backbones: Backbone.default_feature_layers), which gives exactly
+# the loaded architecture (pipelines.motion_transfer.backbones: Backbone.default_feature_layers), which gives exactly
 # these on Zeroscope's UNet, their counterparts on AnimateDiff's (the motion module in the place of the
 # temporal convolution) and the middle block of a Wan transformer.
 DMT_FEATURE_LAYERS = (
@@ -93,7 +92,7 @@ class SMAConfig:
     guidance_rescale: float = 0.0
     # Plain text-to-video sampling (pipe.generate, `sma-guide bench appearance`) starts from pure noise,
     # where nothing holds the layout but the model: a small model can need another sampler there than
-    # the one that follows an inversion (the shapes model: README, "Sampling from pure noise"). Each
+    # the one that follows an inversion (the shapes model: its model card, "Sampling from pure noise"). Each
     # None takes the setting above.
     generate_num_inference_steps: int | None = None
     generate_guidance_scale: float | None = None
@@ -129,7 +128,7 @@ class SMAConfig:
     # "ref-rms" divides both feature maps of a layer by the reference's RMS before the spectral terms: an
     # L1 term's gradient does not depend on the features' magnitude while DMT's cosine's falls as
     # 1/magnitude, so with raw features lambda_global pulled 0.03-0.27 of DMT's gradient depending on layer
-    # and model, and 0.08-0.21 with this (`sma-guide bench terms`, README "What λ means at full size");
+    # and model, and 0.08-0.21 with this (`sma-guide bench terms`, pipelines/bench/RESULTS.md, "What λ means at full size");
     # "none" is the paper's objective as published.
     feature_normalization: str = "ref-rms"
 
@@ -155,7 +154,7 @@ class SMAConfig:
     train_lambda_global: float = 0.4
     train_lambda_local: float = 0.2
     residual: str = "signed"  # "abs": |δ| as in the official SMA code
-    # What the fine-tune trains: a named set of the model family's (pipelines.backbones:
+    # What the fine-tune trains: a named set of the model family's (pipelines.motion_transfer.backbones:
     # Backbone.trainable_sets) or a regular expression over the denoiser's submodule names. "vmc": VMC's
     # recipe, the temporal attentions' query / key / value projections (AnimateDiff: its motion modules');
     # "vmc+transformer_in" (ours, Zeroscope family): also the UNet3D's input temporal transformer.
@@ -169,7 +168,7 @@ class SMAConfig:
     loss_scaling: str = "dynamic"
     loss_scale: float = 65536.0
 
-    # Memory and speed (measured in the README, "Memory and speed options"); none changes the result
+    # Memory and speed (measured in pipelines/bench/RESULTS.md, "What the memory and speed options cost"); none changes the result
     # beyond float rounding.
     # "sdpa": PyTorch's fused scaled_dot_product_attention (flash / memory-efficient kernels on GPUs);
     # "classic": diffusers' explicit softmax(QK^T)V, which materializes the attention matrix.
@@ -412,16 +411,8 @@ def _require_unit_interval(name: str, value: Any, low: str = "0", high: str = "1
         raise UserError(f"{name} must be between {low} and {high} (got {value})")
 
 
-def write_run_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` as indented JSON, atomically."""
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return path
-
-
 # Per-family overrides of the defaults above (the family is detected from the model's own
-# model_index.json, see pipelines/backbones). Zeroscope uses the defaults as they are.
+# model_index.json, see pipelines/motion_transfer/backbones). Zeroscope uses the defaults as they are.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "zeroscope": {},
     "animatediff": {
@@ -433,7 +424,7 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     },
     "wan": {
         # Wan 2.1's native clip: 81 frames (4k + 1: 21 latent frames) of 480 x 832; estimated to fit a 24 GB
-        # card with block checkpointing (README, "Models": 13.8 GiB at 49 or 81 frames, the peak being the
+        # card with block checkpointing (pipelines/bench/RESULTS.md, "Wan 2.1": 13.8 GiB at 49 or 81 frames, the peak being the
         # prompt encoding while UMT5-XXL is on the GPU).
         "num_frames": 81,
         "height": 480,
@@ -466,7 +457,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "width": 64,
         "activation_checkpointing": "off",
     },
-    # The bundled model trained on the shapes world (pipelines/shapes_training.py); its own
+    # The bundled model trained on the shapes world (pipelines/training/shapes_training.py); its own
     # vocabulary has no words for DMT's negative prompt.
     "shapes": {
         "num_frames": 8,
@@ -478,13 +469,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "guidance_scale": 7.5,
         "restart_sampling": False,
         # DMT's 4x low-pass leaves a 4x4 grid of a 16x16 latent, which erases a small object's place;
-        # measured on the quick benchmark (README): the whole inversion (16 cells) transfers motion best.
+        # measured on the quick benchmark (pipelines/bench/RESULTS.md): the whole inversion (16 cells) transfers motion best.
         "low_pass_grid": 16,
-        # DMT's optimization budget (10 steps); fewer starved the guidance (README). VMC's 300 fine-tune
+        # DMT's optimization budget (10 steps); fewer starved the guidance (RESULTS.md). VMC's 300 fine-tune
         # steps are cut to 60 so that the benchmark fits an hour on 2 CPU cores.
         "optimization_steps": 10,
         # DMT's learning rates (0.007 -> 0.004) move this model's objects the right way but not as far as
-        # the input's (path error; README): 1.7x theirs follows the path, 3-6x loses objects.
+        # the input's (path error; RESULTS.md, "Learning rate of the guidance"): 1.7x theirs follows the path, 3-6x loses objects.
         "learning_rate_start": 0.012,
         "learning_rate_end": 0.007,
         "train_steps": 60,
@@ -495,7 +486,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "activation_checkpointing": "off",
         # Text-to-video from pure noise (pipe.generate): the transfer's DDIM draws a twin, a split-off
         # fragment or a gap in a third of the clips; DDPM-like steps with two restart rounds each let the
-        # model redo the layout until it is one object. Chosen on seeds 2000-3026 (README, "Sampling from
+        # model redo the layout until it is one object. Chosen on seeds 2000-3026 (the model card, "Sampling from
         # pure noise"): one clean object 64 -> 100 % of 81 held-out clips, backgrounds 95 -> 83 %, 3x calls.
         "generate_eta": 1.0,
         "generate_guidance_scale": 5.0,
@@ -512,7 +503,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # A model folder may name its preset in this file ({"preset": "shapes"}), so that it gets its defaults
-# when loaded by path; pipelines.shapes_training writes it next to the weights.
+# when loaded by path; pipelines.training.shapes_training writes it next to the weights.
 PRESET_FILE = "sma_preset.json"
 
 def preset_name(model: str) -> str:
@@ -540,5 +531,4 @@ __all__ = [
     "PRESET_FILE",
     "SMAConfig",
     "preset_name",
-    "write_run_record",
 ]

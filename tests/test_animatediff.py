@@ -12,19 +12,19 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel, UNetMotionModel
 from diffusers import MotionAdapter as DiffusersMotionAdapter
 
-import pipelines.sma_pipeline as sma_pipeline_module
+import pipelines.motion_transfer.pipeline_sma as sma_pipeline_module
 from conftest import quiet_pipeline, write_moving_square
 from pipelines import SMAMotionTransferPipeline
-from pipelines.backbones import BACKBONES, detect_backbone, model_family
-from pipelines.backbones.animatediff import AnimateDiffBackbone
-from pipelines.backbones.animatediff import (
+from pipelines.motion_transfer.backbones import BACKBONES, detect_backbone, model_family
+from pipelines.motion_transfer.backbones.animatediff import AnimateDiffBackbone
+from pipelines.motion_transfer.backbones.animatediff import (
     MOTION_ADAPTER_CONFIG,
     SD15_UNET_CONFIG,
     build_tiny_animatediff,
     check_adapter_fits,
     motion_unet_config,
 )
-from pipelines.finetune import MotionAdapter
+from pipelines.motion_transfer.finetune import MotionAdapter
 from sma_guidance.config import DMT_FEATURE_LAYERS, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
@@ -72,9 +72,9 @@ def test_recorded_features_are_frames_of_one_video(pipe, clip):
     latents = pipe.encode_video(frames)
     assert latents.shape == (1, 4, 4, 8, 8)
     with pipe.feature_recorder(config) as recorder, torch.no_grad():
-        features = recorder.run(pipe._unet_call, latents, 901, pipe.encode_prompt(""))
+        features = recorder.run(pipe.model_prediction, latents, 901, pipe.encode_prompt(""))
         # the same clip twice in one batch: each video's features are its own frames, in order
-        doubled = recorder.run(pipe._unet_call, torch.cat([latents, latents]), 901, pipe.encode_prompt("").repeat(2, 1, 1))
+        doubled = recorder.run(pipe.model_prediction, torch.cat([latents, latents]), 901, pipe.encode_prompt("").repeat(2, 1, 1))
     for name, feature in features.items():
         assert feature.ndim == 5 and feature.shape[:2] == (1, 4), name
         torch.testing.assert_close(doubled[name][1:], feature, rtol=1e-4, atol=1e-5)
@@ -82,7 +82,7 @@ def test_recorded_features_are_frames_of_one_video(pipe, clip):
     changed = latents.clone()
     changed[:, :, -1] += 1.0
     with pipe.feature_recorder(config) as recorder, torch.no_grad():
-        other = recorder.run(pipe._unet_call, changed, 901, pipe.encode_prompt(""))
+        other = recorder.run(pipe.model_prediction, changed, 901, pipe.encode_prompt(""))
     motion = "up_blocks.1.motion_modules.1"
     assert not torch.allclose(other[motion][:, 0], features[motion][:, 0])
 
@@ -93,7 +93,7 @@ def test_the_text_embedding_reaches_every_frame(pipe):
     handle = attention.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states"].shape), with_kwargs=True)
     try:
         with torch.no_grad():
-            pipe._unet_call(torch.zeros(2, 4, 3, 8, 8), 1, torch.zeros(2, 77, 32))
+            pipe.model_prediction(torch.zeros(2, 4, 3, 8, 8), 1, torch.zeros(2, 77, 32))
     finally:
         handle.remove()
     assert seen == [torch.Size([6, 77, 32])]
@@ -138,7 +138,7 @@ def test_checkpointing_keeps_the_guidance_gradient(pipe, clip, granularity):
     target = pipe.encode_prompt("a red square")
     with pipe.feature_recorder(config) as recorder:
         with torch.no_grad():
-            reference = recorder.run(pipe._unet_call, latents, 901, pipe.encode_prompt(""))
+            reference = recorder.run(pipe.model_prediction, latents, 901, pipe.encode_prompt(""))
         grads = {}
         for choice in ("off", granularity):
             x = (latents + 0.3).requires_grad_(True)
@@ -340,7 +340,7 @@ def test_bench_speed_and_memory_on_the_tiny_model(tmp_path):
 
 
 def test_fake_estimate_matches_real_tensors_on_the_tiny_model(pipe):
-    from pipelines.bench_memory import estimate_memory, stage_memory
+    from pipelines.bench.memory import estimate_memory, stage_memory
 
     config = pipe.default_config().replace(**FAST, activation_checkpointing="off").validate()
     pipe.scheduler.set_timesteps(config.num_inference_steps)
@@ -364,7 +364,7 @@ def test_animatediff_arch_is_sd15_plus_the_v3_adapter_built_on_meta():
     assert DMT_FEATURE_LAYERS[1] == "up_blocks.1.temp_convs.1" and DMT_FEATURE_LAYERS[1] not in modules  # Zeroscope's
     assert set(BACKBONES) == {"zeroscope", "animatediff", "wan"}
     with torch.device("meta"):  # the builder behind --model animatediff-arch, without the 5 GB of weights
-        from pipelines.backbones.animatediff import build_animatediff_arch
+        from pipelines.motion_transfer.backbones.animatediff import build_animatediff_arch
 
         parts = build_animatediff_arch()
     assert dict(parts["unet"].config)["block_out_channels"] == (320, 640, 1280, 1280)

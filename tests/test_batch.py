@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from conftest import write_moving_square
 
 import cli
+from pipelines.motion_transfer import run
 from cli import main
-from pipelines.batch import Job, assigned, read_jobs
+from pipelines.frontends.batch import Job, assigned, read_jobs
 
 FAST = {"model": "tiny-random", "frames": 4, "steps": 4, "inversion-steps": 4, "optimization-steps": 1,
         "restart": False}
@@ -49,7 +50,7 @@ def test_options_take_the_run_commands_long_names_and_types(tmp_path):
     ('{"input": "a.mp4", "prompt": "x"', "not JSON"),
 ])
 def test_a_bad_line_is_one_error_naming_it_and_nothing_runs(tmp_path, line, message, monkeypatch):
-    monkeypatch.setattr(cli, "transfer", lambda *a, **k: pytest.fail("no job may run"))
+    monkeypatch.setattr(run, "transfer", lambda *a, **k: pytest.fail("no job may run"))
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"input": "a.mp4", "prompt": "fine"}\n' + line + "\n")
     result = CliRunner().invoke(main, ["batch", str(jobs), "-q"])
@@ -75,8 +76,8 @@ def test_batch_runs_jobs_skips_finished_ones_and_reruns_changed_ones(tmp_path, m
                       {"input": "clip.mp4", "prompt": "a red car", **FAST},
                       {"input": "clip.mp4", "prompt": "a blue car", "output": "blue.mp4", "side-by-side": True, **FAST})
     ran = []
-    real = cli.transfer
-    monkeypatch.setattr(cli, "transfer", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
+    real = run.transfer
+    monkeypatch.setattr(run, "transfer", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     result = CliRunner().invoke(main, ["batch", str(jobs), "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     assert ran == ["a red car", "a blue car"] and "2 done, 0 already finished" in result.output

@@ -7,13 +7,13 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipelines.bench_memory import (
+from pipelines.bench.memory import (
     component_configs,
     estimate_memory,
     memory_table,
     stage_memory,
 )
-from pipelines.components import ZEROSCOPE_UNET_CONFIG
+from pipelines.motion_transfer.backbones.zeroscope import ZEROSCOPE_UNET_CONFIG
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import TensorMemory

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipelines.bench_quality import (
+from pipelines.bench.quality import (
     METHODS, held_out_pairs, markdown_table, run_benchmark, run_parallel, summarize, write_json,
 )
 from sma_guidance import shapes
@@ -34,7 +34,7 @@ def test_held_out_pairs_cover_every_motion_and_change_appearance():
 
 
 def test_held_out_clips_are_not_training_clips():
-    """Training draws clips from seeds 0 and 7 (pipelines.shapes_training); none of the first thousand
+    """Training draws clips from seeds 0 and 7 (pipelines.training.shapes_training); none of the first thousand
     training clips equals a benchmark clip."""
     bench = {p.frames.tobytes() for p in held_out_pairs(per_motion=3)}
     for seed in (0, 7):
@@ -157,7 +157,7 @@ def test_reconstruction_samples_the_exact_inversion_with_the_source_prompt(pipe,
 
 
 def test_paired_difference_matches_a_direct_computation():
-    from pipelines.bench_quality import comparisons, paired_difference
+    from pipelines.bench.quality import comparisons, paired_difference
 
     rng = np.random.default_rng(0)
     records = []
@@ -179,7 +179,7 @@ def test_cli_quick_run_stopped_midway_continues_where_it_was(tmp_path, monkeypat
     """A run interrupted after 4 videos makes only the 5 missing ones when started again; the result
     equals an uninterrupted run's, and the progress file is gone at the end."""
     from cli import main
-    from pipelines import bench_quality
+    from pipelines.bench import quality as bench_quality
 
     config = tmp_path / "fast.json"
     config.write_text(json.dumps(FAST))
@@ -219,7 +219,7 @@ def test_cli_quick_run_stopped_midway_continues_where_it_was(tmp_path, monkeypat
 
 
 def test_progress_log_of_other_settings_is_not_resumed(tmp_path):
-    from pipelines.bench_quality import ProgressLog
+    from pipelines.bench.quality import ProgressLog
 
     path = tmp_path / "p.jsonl"
     log = ProgressLog(path, {"config": {"optimization_steps": 3}})
@@ -233,7 +233,7 @@ def test_progress_log_of_other_settings_is_not_resumed(tmp_path):
 
 
 def test_unseen_path_pairs_follow_their_paths_and_leave_motion_match_out():
-    from pipelines.bench_quality import benchmark_pairs, score, unseen_paths
+    from pipelines.bench.quality import benchmark_pairs, score, unseen_paths
     from sma_guidance import metrics
 
     pairs = benchmark_pairs("unseen-paths")

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 
 from cli import main
 from pipelines import SMAMotionTransferPipeline
-from pipelines.bench_speed import (
+from pipelines.bench.speed import (
     markdown_table,
     measure,
     measure_interleaved,
     run_speed_benchmark,
 )
-from pipelines.components import ZEROSCOPE_UNET_CONFIG
+from pipelines.motion_transfer.backbones.zeroscope import ZEROSCOPE_UNET_CONFIG
 from conftest import quiet_pipeline
 
 FAST = {"num_frames": 4, "num_inference_steps": 4, "inversion_steps": 4, "optimization_steps": 1, "restart_sampling": False}
@@ -102,7 +102,7 @@ def test_zeroscope_arch_is_zeroscopes_architecture_built_without_download(monkey
     the model name builds it (here a stand-in, the real one is 7 GB)."""
     from diffusers import UNet3DConditionModel
 
-    from pipelines import components
+    from pipelines.motion_transfer.backbones import zeroscope as components
 
     with torch.device("meta"):
         unet = UNet3DConditionModel(**ZEROSCOPE_UNET_CONFIG)
@@ -116,7 +116,7 @@ def test_zeroscope_arch_is_zeroscopes_architecture_built_without_download(monkey
 
 
 def test_the_full_forward_variant_runs_the_layers_the_early_stop_skips(pipe):
-    from pipelines.bench_speed import _Stages
+    from pipelines.bench.speed import _Stages
 
     stages = _Stages(pipe, pipe.default_config().replace(**FAST).validate())
     fired = []
@@ -133,7 +133,7 @@ def test_the_full_forward_variant_runs_the_layers_the_early_stop_skips(pipe):
 def test_inversion_study_rows_and_the_reconstruction_it_compares(pipe, monkeypatch):
     import numpy as np
 
-    from pipelines.bench_speed import _psnr, inversion_table, run_inversion_study
+    from pipelines.bench.speed import _psnr, inversion_table, run_inversion_study
 
     config = pipe.default_config().replace(**FAST).validate()
     rng = np.random.default_rng(0)

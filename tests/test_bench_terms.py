@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipelines.bench_terms import SCALINGS, _amplitude_part, term_gradient_norms
+from pipelines.bench.terms import SCALINGS, _amplitude_part, term_gradient_norms
 from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import dmt_loss
 from sma_guidance.spectral import frame_residuals, global_motion_loss, low_frequency_weights

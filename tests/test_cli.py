@@ -412,12 +412,12 @@ def test_bad_input_in_a_real_process_prints_one_line(work_dir, offline_env, run_
 
 
 def test_learning_rate_and_guidance_rescale_flags_reach_the_config():
-    from cli import build_config
+    from pipelines.motion_transfer.run import build_config
 
     flags = {"model": "tiny-random", "learning_rate_start": 0.02, "learning_rate_end": 0.01, "guidance_rescale": 0.5}
     config = build_config(None, flags)
     assert (config.learning_rate_start, config.learning_rate_end, config.guidance_rescale) == (0.02, 0.01, 0.5)
-    shapes = build_config(None, {"model": "shapes"})  # the shapes preset's measured rates (README)
+    shapes = build_config(None, {"model": "shapes"})  # the shapes preset's measured rates (RESULTS.md)
     assert (shapes.learning_rate_start, shapes.learning_rate_end, shapes.guidance_rescale) == (0.012, 0.007, 0.0)
 
 
@@ -450,3 +450,16 @@ def test_a_missing_input_is_reported_before_any_heavy_import(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "1 []", proc.stdout + proc.stderr
     assert proc.stderr.startswith("error: could not read junk.mp4 as a video") and proc.stderr.count("\n") == 1
+
+
+def test_a_run_decodes_the_input_once_side_by_side_and_strip_included(moving_square_video, tmp_path, monkeypatch):
+    from sma_guidance import video_io
+
+    decoded = []
+    real = video_io._read_selection
+    monkeypatch.setattr(video_io, "_read_selection", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    output = tmp_path / "out.mp4"
+    result = invoke([moving_square_video, "--prompt", PROMPT, "-o", output, *FAST_ARGS, "--side-by-side", "--strip"])
+    assert result.exit_code == 0, result.output
+    assert output.is_file() and output.with_name("out.side_by_side.mp4").is_file() and output.with_name("out.strip.png").is_file()
+    assert decoded == [1]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FAST_ARGS, write_moving_square
-from pipelines.finetune import MotionAdapter
+from pipelines.motion_transfer.finetune import MotionAdapter
 from test_cli import assert_one_line_error, assert_success, invoke, load_record, snapshot, uncaught
 
 PROMPT = "a red car driving on a road"

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from sma_guidance.config import PRESET_FILE, SMAConfig, write_run_record
+from sma_guidance.atomic import write_json as write_run_record
+from sma_guidance.config import PRESET_FILE, SMAConfig
 from sma_guidance.errors import UserError
 
 
@@ -17,7 +18,7 @@ def test_defaults_are_dmt_and_sma_published_settings():
     assert (config.optimization_steps, config.guidance_fraction) == (10, 0.4)
     assert (config.learning_rate_start, config.learning_rate_end) == (0.007, 0.004)
     assert (config.lambda_global, config.lambda_local, config.delta, config.wavelet) == (0.4, 0.2, 0.05, "haar")
-    assert config.feature_normalization == "ref-rms"  # the scale chosen in README "What λ means at full size"
+    assert config.feature_normalization == "ref-rms"  # the scale chosen in RESULTS.md, "What λ means at full size"
     assert config.feature_layers is None  # read off the loaded model: DMT's names on Zeroscope (test_default_layers)
     assert config.num_guided_steps == 20
     assert config.validate() is config

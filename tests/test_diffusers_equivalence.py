@@ -28,7 +28,7 @@ from diffusers import (
 
 from conftest import quiet_pipeline
 from diffusers_layouts import save_animatediff, save_sd15_base_and_adapter, save_text_to_video_sd, save_wan
-from pipelines.components import quiet_loading
+from pipelines.motion_transfer.hub import quiet_loading
 
 PROMPT, NEGATIVE = "a red circle moving right", "blurry"
 SAMPLING = dict(num_inference_steps=4, guidance_scale=7.5)

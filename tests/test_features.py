@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines.components import build_tiny_random
+from pipelines.motion_transfer.backbones.zeroscope import build_tiny_random
 from sma_guidance.config import DMT_FEATURE_LAYERS
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder

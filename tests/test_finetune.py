@@ -16,12 +16,12 @@ from diffusers import UNet3DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import pipelines.sma_pipeline as sma_pipeline_module
+import pipelines.motion_transfer.pipeline_sma as sma_pipeline_module
 import sma_guidance.vmc as vmc_module
 from conftest import moving_square_frames, quiet_pipeline
-from pipelines.backbones.zeroscope import ZeroscopeBackbone
-from pipelines.components import build_tiny_random
-from pipelines.finetune import (
+from pipelines.motion_transfer.backbones.zeroscope import ZeroscopeBackbone
+from pipelines.motion_transfer.backbones.zeroscope import build_tiny_random
+from pipelines.motion_transfer.finetune import (
     ADAPTER_FORMAT,
     MotionAdapter,
     applied_adapter,

@@ -13,7 +13,7 @@ from conftest import FAST_ARGS, moving_square_frames, quiet_pipeline, write_movi
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import cli
-from pipelines.sma_pipeline import frozen
+from pipelines.motion_transfer.optimization import frozen
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.features import FeatureRecorder
@@ -69,7 +69,7 @@ def _guidance_gradient(pipe, clip, granularity, counted="down_blocks.0.resnets.0
     latents = pipe.encode_video(frames)
     recorder = FeatureRecorder(pipe.unet, config.feature_layers, config.num_frames, stop_after_last=True)
     with recorder, torch.no_grad():
-        reference = recorder.run(pipe._unet_call, latents, t, source)
+        reference = recorder.run(pipe.model_prediction, latents, t, source)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))
     x = (latents + 0.5 * noise).requires_grad_(True)
     calls = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipelines import SMAMotionTransferPipeline
-from pipelines.inversion import InversionCache, check_timesteps_covered, ddim_invert
+from pipelines.motion_transfer.inversion import InversionCache, check_timesteps_covered, ddim_invert
 from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import dmt_loss
 from sma_guidance.errors import UserError
@@ -50,7 +50,7 @@ def _guidance_setup(pipe, clip, **overrides):
     latents = inverted[t] + 0.5 * torch.randn(inverted[t].shape, generator=generator)
     recorder = FeatureRecorder(pipe.unet, config.feature_layers, config.num_frames, stop_after_last=True)
     with recorder, torch.no_grad():
-        reference = recorder.run(pipe._unet_call, inverted[t], t, source)
+        reference = recorder.run(pipe.model_prediction, inverted[t], t, source)
     return config, t, inverted[t], latents, source, target, recorder, reference
 
 
@@ -69,7 +69,7 @@ def test_objective_is_eq19_summed_over_layers(pipe, clip):
     config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip)
     with recorder, torch.no_grad():
         terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
-        features = recorder.run(pipe._unet_call, latents, t, target)
+        features = recorder.run(pipe.model_prediction, latents, t, target)
     expected_dmt = sum(dmt_loss(reference[name], features[name]) for name in config.feature_layers)
     torch.testing.assert_close(terms["dmt"], expected_dmt)
     expected_total = terms["dmt"] + 0.4 * terms["global"] + 0.2 * terms["local"]
@@ -81,7 +81,7 @@ def test_spectral_terms_see_features_divided_by_the_references_rms_by_default(pi
     config, t, _, latents, _, target, recorder, reference = _guidance_setup(pipe, clip, feature_normalization=normalization)
     with recorder, torch.no_grad():
         terms = pipe.guidance_objective(latents, t, target, reference, recorder, config)
-        features = recorder.run(pipe._unet_call, latents, t, target)
+        features = recorder.run(pipe.model_prediction, latents, t, target)
     expected_global = expected_local = 0.0
     for name in config.feature_layers:
         ref, pred = reference[name].double(), features[name].double()
@@ -264,7 +264,7 @@ def test_loads_a_zeroscope_style_folder(pipe, tmp_path):
 
 def test_stochastic_ddim_step_is_eq12_with_eq16_sigma(pipe):
     """DDIM paper eq. 12 with σ_t(η) of eq. 16, computed here from ᾱ alone."""
-    from pipelines.samplers import DDIMSampler
+    from pipelines.motion_transfer.samplers import DDIMSampler
 
     sampler = DDIMSampler(pipe.scheduler)
     t, t_prev = sampler.timesteps(4)[1:3]

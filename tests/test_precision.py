@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import pipelines.finetune as finetune_module
-import pipelines.sma_pipeline as sma_pipeline_module
+import pipelines.motion_transfer.finetune as finetune_module
+import pipelines.motion_transfer.pipeline_sma as sma_pipeline_module
 from conftest import moving_square_frames, quiet_pipeline
 from sma_guidance.dmt import sma_objective_terms
 from sma_guidance.errors import UserError
@@ -123,7 +123,7 @@ def _gradients(model, reference_latents, latents, scale, lambdas):
 
 # SMA's local term is left out here: it is an L1 of FFT amplitudes and of unwrapped phases, whose gradient
 # (∝ 1/|F| for the phase) jumps under a 1e-4 relative change of the features even in float32, so no
-# half-precision forward reproduces it; `sma-guide bench precision` reports it (README).
+# half-precision forward reproduces it; `sma-guide bench precision` reports it (RESULTS.md).
 @pytest.mark.parametrize("lambdas", [(0.0, 0.0), (0.4, 0.0)], ids=["DMT", "DMT + wavelet term"])
 def test_float16_guidance_gradient_at_zeroscope_size_needs_the_scale(lambdas):
     torch.manual_seed(0)

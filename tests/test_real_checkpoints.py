@@ -12,14 +12,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, PNDMScheduler, UNet3DConditionModel, UNetMotionModel, WanTransformer3DModel
 
-import pipelines.sma_pipeline as sma_pipeline_module
+import pipelines.motion_transfer.pipeline_sma as sma_pipeline_module
 from conftest import FAST_ARGS, moving_square_frames, quiet_pipeline, write_moving_square
 from diffusers_layouts import save_animatediff, save_sd15_base_and_adapter, save_text_to_video_sd, save_wan
 from pipelines import SMAMotionTransferPipeline
-from pipelines.backbones.animatediff import MOTION_ADAPTER_CONFIG, SD15_UNET_CONFIG, AnimateDiffBackbone, motion_unet_config
-from pipelines.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone
-from pipelines.backbones.zeroscope import ZeroscopeBackbone
-from pipelines.components import ZEROSCOPE_UNET_CONFIG, resolve_dtype
+from pipelines.motion_transfer.backbones.animatediff import MOTION_ADAPTER_CONFIG, SD15_UNET_CONFIG, AnimateDiffBackbone, motion_unet_config
+from pipelines.motion_transfer.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone
+from pipelines.motion_transfer.backbones.zeroscope import ZeroscopeBackbone
+from pipelines.motion_transfer.backbones.zeroscope import ZEROSCOPE_UNET_CONFIG
+from pipelines.motion_transfer.loading import resolve_dtype
 from sma_guidance.config import DMT_FEATURE_LAYERS, SMAConfig
 from sma_guidance.errors import UserAdvice, UserError
 from test_cli import assert_success, invoke, load_record

@@ -355,7 +355,7 @@ def test_rendering_is_fast():
 
 def test_every_caption_word_is_one_token():
     """Merges added for one word must not split another (``r i`` from "right" once split "triangle")."""
-    from pipelines.components import build_word_tokenizer
+    from pipelines.motion_transfer.backbones.tokenizers import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(vocabulary(), max_length=24)
     for word in vocabulary():

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.bench_appearance import APPEARANCE_PROMPTS as PROMPTS
-from pipelines.bench_appearance import BACKGROUNDS, COLORS, CRITERIA, SHAPES, TEST_SEED, appearance_scores
-from pipelines.components import BUNDLED_MODELS
-from pipelines.shapes_training import vae_round_trip
+from pipelines.bench.appearance import APPEARANCE_PROMPTS as PROMPTS
+from pipelines.bench.appearance import BACKGROUNDS, COLORS, CRITERIA, SHAPES, TEST_SEED, appearance_scores
+from pipelines.motion_transfer.backbones import BUNDLED_MODELS
+from pipelines.training.shapes_training import vae_round_trip
 from conftest import quiet_pipeline
 
 pytestmark = [

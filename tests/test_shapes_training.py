@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import shapes_training
+from pipelines.training import shapes_training
 from sma_guidance import shapes
 
 
@@ -141,7 +141,7 @@ def test_the_loss_targets_the_schedulers_prediction_type(tmp_path, monkeypatch, 
 
 
 def test_init_from_a_model_with_other_token_ids_matches_embeddings_by_token(tmp_path):
-    from pipelines.components import build_word_tokenizer
+    from pipelines.motion_transfer.backbones.tokenizers import build_word_tokenizer
 
     components = shapes_training.build_shapes_components(seed=0)
     old_tokenizer = build_word_tokenizer(["moving", "red"], max_length=24)  # ids differ from the full vocabulary
@@ -341,7 +341,7 @@ def test_grafted_attention_at_16_starts_as_the_saved_unet(tmp_path):
 
 def _refine_pipe(unet_answer):
     """A shapes pipeline whose encoder returns zero latents and whose UNet is an oracle of ``t``."""
-    from pipelines.sma_pipeline import SMAMotionTransferPipeline
+    from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
     components = shapes_training.build_shapes_components(seed=0)
     pipe = SMAMotionTransferPipeline(**components)

@@ -10,7 +10,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from cli import main
 from pipelines import SMAMotionTransferPipeline
-from pipelines.components import ZEROSCOPE_SCHEDULER_CONFIG
+from pipelines.motion_transfer.backbones.zeroscope import ZEROSCOPE_SCHEDULER_CONFIG
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipelines.ui import KNOBS, SAMPLES, build_app, preset_values, run_transfer
+from pipelines.frontends.ui import KNOBS, SAMPLES, build_app, preset_values, run_transfer
 from sma_guidance.config import SMAConfig
 from sma_guidance.video_io import read_frames
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sma_guidance import video_io
-from sma_guidance.config import write_run_record
+from sma_guidance.atomic import write_json as write_run_record
 from sma_guidance.errors import UserError
 from sma_guidance.video_io import (
     check_output_path,

@@ -10,10 +10,9 @@ from diffusers import UniPCMultistepScheduler
 
 from cli import main
 from pipelines import SMAMotionTransferPipeline
-from pipelines.backbones import model_family
-from pipelines.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone, build_tiny_t5_tokenizer, build_tiny_wan
-from sma_guidance.errors import UserError
-from pipelines.samplers import FlowMatchSampler
+from pipelines.motion_transfer.backbones import model_family
+from pipelines.motion_transfer.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone, build_tiny_t5_tokenizer, build_tiny_wan
+from pipelines.motion_transfer.samplers import FlowMatchSampler
 from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
 from sma_guidance.video_io import read_frames
@@ -104,7 +103,7 @@ def test_block_tokens_become_latent_frames_on_the_patch_grid(pipe):
     torch.testing.assert_close(to_frames(tokens, 5), grid.permute(0, 2, 1, 3, 4))
     with pipe.feature_recorder(config) as recorder:
         latents = torch.randn(pipe.backbone.latent_shape(pipe, config))
-        features = recorder.run(pipe._unet_call, latents, 500.0, pipe.encode_prompt("x"))
+        features = recorder.run(pipe.model_prediction, latents, 500.0, pipe.encode_prompt("x"))
     assert config.feature_layers == ("blocks.2",)  # the middle of the tiny model's 4 blocks
     assert features["blocks.2"].shape == (1, 5, pipe.transformer.config.num_attention_heads * 8, 4, 4)
 
@@ -115,7 +114,7 @@ def test_the_forward_stops_after_the_recorded_block(pipe):
     hooks = [block.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, block in enumerate(pipe.transformer.blocks)]
     try:
         with pipe.feature_recorder(config) as recorder:
-            recorder.run(pipe._unet_call, torch.randn(pipe.backbone.latent_shape(pipe, config)), 500.0, pipe.encode_prompt("x"))
+            recorder.run(pipe.model_prediction, torch.randn(pipe.backbone.latent_shape(pipe, config)), 500.0, pipe.encode_prompt("x"))
     finally:
         for hook in hooks:
             hook.remove()
@@ -134,7 +133,7 @@ def test_block_checkpointing_keeps_the_guidance_gradient(pipe):
         run = config.replace(activation_checkpointing=choice)
         recorder = pipe.feature_recorder(run)
         with recorder, torch.no_grad():
-            reference = recorder.run(pipe._unet_call, latents * 0.9, timesteps[0], pipe.encode_prompt(""))
+            reference = recorder.run(pipe.model_prediction, latents * 0.9, timesteps[0], pipe.encode_prompt(""))
         optimized = latents.clone().requires_grad_(True)
         with recorder, pipe.guidance_backward(run), torch.enable_grad():
             pipe.guidance_objective(optimized, timesteps[0], target, reference, recorder, run)["total"].backward()
@@ -238,7 +237,7 @@ def test_the_real_architecture_is_wan_2_1_1_3b():
 
 
 def test_memory_estimate_fits_a_24_gb_card_at_49_frames():
-    from pipelines.bench_memory import estimate_memory
+    from pipelines.bench.memory import estimate_memory
     from sma_guidance.config import SMAConfig
 
     config = SMAConfig.for_model("wan2.1-1.3b-arch", family="wan", num_frames=49).validate()
@@ -254,7 +253,7 @@ def test_memory_estimate_fits_a_24_gb_card_at_49_frames():
 
 
 def test_auto_dtype_on_a_gpu_is_bfloat16_for_wan(monkeypatch):
-    from pipelines import sma_pipeline
+    from pipelines.motion_transfer import pipeline_sma as sma_pipeline
 
     seen = {}
 

@@ -1,8 +1,8 @@
 """Train the bundled "shapes" text-to-video model from scratch, seeded and resumable.
 
-    python -m pipelines.shapes_training                      # writes pipelines/shapes_model/
-    python -m pipelines.shapes_training --unet-minutes 60    # train the UNet for a wall-clock budget
-    python -m pipelines.shapes_training --device cuda --batch-size 64 --restart-minutes 6.5   # a GPU sitting
+    python -m pipelines.training.shapes_training                      # writes pipelines/shapes_model/
+    python -m pipelines.training.shapes_training --unet-minutes 60    # train the UNet for a wall-clock budget
+    python -m pipelines.training.shapes_training --device cuda --batch-size 64 --restart-minutes 6.5   # a GPU sitting
 
 Three stages, each checkpointed in ``--workdir`` so that a stopped run resumes where it was:
 
@@ -33,9 +33,11 @@ from sma_guidance import metrics, shapes
 from sma_guidance.config import PRESET_FILE
 from sma_guidance.video_io import to_uint8
 
-from .components import build_small_video_model, build_word_tokenizer
+from pipelines.motion_transfer.backbones import BUNDLED_MODELS
+from pipelines.motion_transfer.backbones.tokenizers import build_word_tokenizer
+from pipelines.motion_transfer.backbones.zeroscope import build_small_video_model
 
-SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "shapes_model"
+SHAPES_MODEL_DIR = BUNDLED_MODELS["shapes"]
 MAX_TOKENS = 24
 TEMPORAL_PREFIXES = ("transformer_in.",)  # plus every "*.temp_convs.*" / "*.temp_attentions.*"
 
@@ -375,7 +377,7 @@ def train_unet(
         if high_noise_share > 0:  # no extra draws otherwise: the default recipe keeps its random stream
             t = _redraw_share(t, high_noise_share, (high_noise_from, len(alphas)), generator)
         if low_noise_share > 0:
-            # Squares lose their corners when the model denoises from t ≈ 120–360 (the README's table):
+            # Squares lose their corners when the model denoises from t ≈ 120–360 (the model card's table, pipelines/shapes_model/README.md):
             # a sitting can spend more of its steps there.
             t = _redraw_share(t, low_noise_share, (0, low_noise_until), generator)
         noise = torch.randn(clean.shape, generator=generator, device=device)
@@ -554,7 +556,7 @@ def _init_from(components: dict[str, Any], folder: Path, workdir: Path, vae_step
     """Seed the checkpoints from a saved model (optimizer state starts afresh): the VAE stage counts as
     done and the UNet stage continues from the step count in the folder's training log. Attention layers
     this UNet has and the saved one lacks are grafted in as identities (:func:`graft_unet`)."""
-    from .sma_pipeline import SMAMotionTransferPipeline
+    from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
     saved = SMAMotionTransferPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
     components["vae"].load_state_dict(saved.vae.state_dict())
@@ -613,7 +615,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=12, help="UNet batch (clips per step)")
     parser.add_argument("--restart-minutes", type=float, default=None,
                         help="a warm-restart sitting of the UNet: its own cosine learning rate over this many minutes")
-    # Recipe variants tried on top of the shipped model (see the README); the defaults are its recipe.
+    # Recipe variants tried on top of the shipped model (see the model card's training history); the defaults are its recipe.
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="keep a moving average of the weights with this decay (e.g. 0.999) and save it; 0: off")
     parser.add_argument("--temporal-lr-scale", type=float, default=1.0, help="learning-rate factor of the temporal layers")
@@ -682,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
                ema_decay=args.ema_decay)
     log_path.write_text(json.dumps(log, indent=2))
 
-    from .sma_pipeline import SMAMotionTransferPipeline
+    from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
     pipe = SMAMotionTransferPipeline(**components)
     if args.refine_decoder_steps:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,9 +35,15 @@ from sma_guidance.config import CHECKPOINTING, SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.memory import TensorMemory
 
-from .backbones import BACKBONES, BUILTIN_MODELS, backbone_of
-from .backbones.wan import UMT5_XXL_CONFIG, WAN_ARCH, WAN_TRANSFORMER_CONFIG, WAN_VAE_CONFIG
-from .backbones.animatediff import (
+from pipelines.motion_transfer.backbones import (
+    BACKBONES,
+    BUILTIN_MODELS,
+    BUNDLED_MODELS,
+    backbone_of,
+    detect_backbone,
+    read_model_index,
+)
+from pipelines.motion_transfer.backbones.animatediff import (
     ANIMATEDIFF_ARCH,
     MOTION_ADAPTER_CONFIG,
     SD15_TEXT_CONFIG,
@@ -47,15 +52,17 @@ from .backbones.animatediff import (
     check_adapter_fits,
     motion_unet_config,
 )
-from .components import (
-    BUNDLED_MODELS,
+from pipelines.motion_transfer.backbones.wan import UMT5_XXL_CONFIG, WAN_ARCH, WAN_TRANSFORMER_CONFIG, WAN_VAE_CONFIG
+from pipelines.motion_transfer.backbones.zeroscope import (
     ZEROSCOPE_ARCH,
     ZEROSCOPE_TEXT_CONFIG,
     ZEROSCOPE_UNET_CONFIG,
     ZEROSCOPE_VAE_CONFIG,
 )
-from .samplers import sampler_for
-from .sma_pipeline import SMAMotionTransferPipeline
+from pipelines.motion_transfer.hub import looks_local
+from pipelines.motion_transfer.models import ARCH_MODELS, TINY_MODELS
+from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
+from pipelines.motion_transfer.samplers import sampler_for
 
 _GIB = 2**30
 
@@ -80,9 +87,16 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
                 "vae": dict(parts["vae"].config), "text_encoder": parts["text_encoder"].config}
     source = str(BUNDLED_MODELS.get(model, model))
     try:
-        local = Path(source).expanduser()
-        wan = (local / "transformer").is_dir() if local.is_dir() else _has_transformer(source)
-        if wan:  # a Wan folder (WanPipeline layout): configs of the transformer, its VAE and UMT5
+        index = read_model_index(source, looks_local(source))
+    except UserError as err:
+        raise UserError(
+            f"cannot read the unet/vae/text_encoder configs of {model!r} ({err}); pass "
+            f"{', '.join((*TINY_MODELS.values(), *BUNDLED_MODELS))}, {', '.join(ARCH_MODELS.values())}, "
+            f"a diffusers folder, or a Hub id in the local cache"
+        ) from None
+    backbone = detect_backbone(index, model, motion_adapter)  # the one family detection, as loading does
+    try:
+        if backbone.name == "wan":  # WanPipeline's layout: the transformer, its VAE and UMT5
             return {
                 "family": "wan",
                 "unet": dict(UNet2DConditionModel.load_config(source, subfolder="transformer")),
@@ -91,36 +105,19 @@ def component_configs(model: str, motion_adapter: str | None = None) -> dict[str
             }
         unet = dict(UNet2DConditionModel.load_config(source, subfolder="unet"))  # any UNet's config.json
         configs = {
+            "family": backbone.name,
             "unet": unet,
             "vae": dict(AutoencoderKL.load_config(source, subfolder="vae")),
             "text_encoder": CLIPTextConfig.from_pretrained(source, subfolder="text_encoder"),
         }
         adapter = dict(MotionAdapter.load_config(motion_adapter)) if motion_adapter else None
-    except Exception as err:  # noqa: BLE001 — missing folder, not cached offline, not a diffusers pipeline...
+    except Exception as err:  # noqa: BLE001 — a component folder missing, not cached offline...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot read the unet/vae/text_encoder configs of {model!r} ({detail}); pass tiny-random, shapes, "
-            f"zeroscope-arch, animatediff-arch, wan2.1-1.3b-arch, a diffusers folder, or a Hub id in the local cache"
-        ) from None
-    found = unet.get("_class_name")
-    if found == UNet2DConditionModel.__name__ and adapter is not None:
+        raise UserError(f"cannot read the unet/vae/text_encoder configs of {model!r} ({detail})") from None
+    if adapter is not None:  # an SD 1.5 image UNet made AnimateDiff
         check_adapter_fits(unet, adapter, model, str(motion_adapter))
-        return {**configs, "family": "animatediff", "unet": motion_unet_config(unet, adapter)}
-    for backbone in BACKBONES.values():
-        if found in backbone.unet_classes and adapter is None:
-            return {**configs, "family": backbone.name}
-    supported = "; ".join(b.accepts for b in BACKBONES.values())
-    raise UserError(f"unknown model family: {model}'s unet is a {found}; supported: {supported}")
-
-
-def _has_transformer(model_id: str) -> bool:
-    """Whether a Hub id's cached ``model_index.json`` names a ``transformer`` component (a DiT)."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        return bool((DiffusionPipeline.load_config(model_id) or {}).get("transformer"))
-    except Exception:  # noqa: BLE001 — the UNet path then reports what is missing
-        return False
+        configs["unet"] = motion_unet_config(unet, adapter)
+    return configs
 
 
 @contextlib.contextmanager
@@ -183,7 +180,7 @@ def stage_memory_by_checkpointing(
     guidance: dict[str, int] = {}
     with pipe.speed_options(config):
         with recorder, torch.no_grad():
-            reference = recorder.run(pipe._unet_call, latents, t, embedding)
+            reference = recorder.run(pipe.model_prediction, latents, t, embedding)
         for choice in choices:
             chosen = config.replace(activation_checkpointing=choice)
             optimized = latents.clone().requires_grad_(True)
@@ -232,7 +229,7 @@ def estimate_memory(
     t = sampler.timesteps(config.num_inference_steps)[0]  # real numbers: set before the fake mode
     with FakeTensorMode(allow_non_fake_inputs=True):
         pipe = _fake_pipeline(configs, dtype, scheduler)
-        pipe._sampler = sampler
+        pipe.sampler = sampler
         config = pipe.with_feature_layers(config)
         backbone.check(pipe, config)
         weights = {name: _bytes(getattr(pipe, name)) for name in (backbone.denoiser_component, "vae", "text_encoder")}

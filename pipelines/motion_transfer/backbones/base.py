@@ -182,17 +182,13 @@ class Backbone:
 
     def placeholder_tokenizer(self) -> Any:
         """A tokenizer built in code for a model built from configurations (ids only change cost nothing)."""
-        from ..components import build_tiny_tokenizer
+        from .tokenizers import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
 
     def default_scheduler(self) -> Any:
-        """A scheduler of this family's kind with its usual settings (Zeroscope's DDIM)."""
-        from diffusers import DDIMScheduler
-
-        from ..components import ZEROSCOPE_SCHEDULER_CONFIG
-
-        return DDIMScheduler(**ZEROSCOPE_SCHEDULER_CONFIG)
+        """A scheduler of this family's kind with its usual settings (for a model built from configurations)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------- loading
     def load(self, pipeline_cls: type, model: str, index: dict[str, Any], torch_dtype: torch.dtype | None,

@@ -26,7 +26,7 @@ from sma_guidance.config import SMAConfig
 from sma_guidance.dmt import dmt_loss, initial_latent
 from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 
-from .sma_pipeline import SMAMotionTransferPipeline
+from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
 # name -> (divide both feature maps by the reference's RMS, the FFT's norm)
 SCALINGS: dict[str, tuple[bool, str]] = {
@@ -91,8 +91,8 @@ def run_terms_benchmark(
     start = initial_latent(reference_latents, noise, config.downsample_factor, config.low_pass_grid)
     recorder = pipe.feature_recorder(config)
     with pipe.speed_options(config), recorder, torch.no_grad():
-        reference = recorder.run(pipe._unet_call, reference_latents, t, pipe.encode_prompt(source_prompt))
-        predicted = recorder.run(pipe._unet_call, start, t, pipe.encode_prompt(TARGET_PROMPT))
+        reference = recorder.run(pipe.model_prediction, reference_latents, t, pipe.encode_prompt(source_prompt))
+        predicted = recorder.run(pipe.model_prediction, start, t, pipe.encode_prompt(TARGET_PROMPT))
     rows = []
     for layer in config.feature_layers:
         ref, pred = reference[layer], predicted[layer]

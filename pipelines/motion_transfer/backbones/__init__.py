@@ -27,6 +27,8 @@ import torch
 
 from sma_guidance.errors import UserError
 
+from ..hub import explain_load_error, quiet_loading
+from ..models import BUNDLED_MODELS
 from .animatediff import AnimateDiffBackbone
 from .base import Backbone
 from .wan import WanBackbone
@@ -91,8 +93,6 @@ def detect_backbone(index: dict[str, Any], model: str, motion_adapter: str | Non
 
 def read_model_index(model: str, local: bool) -> dict[str, Any]:
     """``model_index.json`` of a local folder or a Hub id (from the local cache when offline)."""
-    from ..components import explain_load_error, quiet_loading
-
     try:
         if local:
             return json.loads((Path(model).expanduser() / "model_index.json").read_text())
@@ -108,8 +108,6 @@ def read_model_index(model: str, local: bool) -> dict[str, Any]:
 def model_family(model: str, motion_adapter: str | None = None) -> str | None:
     """The family of ``model`` when it can be told cheaply (a built-in name, a bundled model, a local
     folder, a Hub id in the local cache), else ``None``: loading the model then reports the problem."""
-    from ..components import BUNDLED_MODELS
-
     if model in BUILTIN_MODELS:
         return BUILTIN_MODELS[model]
     if motion_adapter:
@@ -134,6 +132,7 @@ def model_family(model: str, motion_adapter: str | None = None) -> str | None:
 __all__ = [
     "BACKBONES",
     "BUILTIN_MODELS",
+    "BUNDLED_MODELS",
     "Backbone",
     "backbone_of",
     "component_class",

@@ -1,5 +1,5 @@
 """The first thing to run when a GPU is at hand: every family's full-size architecture in the dtype a GPU
-user gets, checked and measured in one go (``python3 pipelines/gpu_check.py``; issue "Real checkpoints
+user gets, checked and measured in one go (``python3 -m pipelines.bench.gpu_check``; issue "Real checkpoints
 at real precision").
 
 For each of ``zeroscope-arch`` (24 × 320 × 576), ``animatediff-arch`` (16 × 512 × 512) and
@@ -15,7 +15,7 @@ GPU — in ``--dtype auto`` (float16; Wan bfloat16):
   and without loss scaling) and ``bench terms`` (each term's gradient against DMT's).
 
 Writes ``$OUT/gpu_check.json`` (or ``--output``) after every family, so a run cut short still returns what
-it measured, and ``gpu_check.md``: the tables for the README.
+it measured, and ``gpu_check.md``: the tables for RESULTS.md.
 
 The lent machines have PyTorch but not diffusers and no network. Prepare once, here, in the repository root::
 
@@ -24,7 +24,7 @@ The lent machines have PyTorch but not diffusers and no network. Prepare once, h
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \\
         diffusers==0.42.1 importlib_metadata zipp PyWavelets pytorch-wavelets imageio-ffmpeg
 
-then run with ``carry [".whl"]``: ``PYTHONUNBUFFERED=1 python3 pipelines/gpu_check.py`` (it installs the
+then run with ``carry [".whl"]``: ``PYTHONUNBUFFERED=1 python3 -m pipelines.bench.gpu_check`` (it installs the
 wheels itself when diffusers is missing). ``--models`` picks families; ``--device cpu --small`` runs the
 tiny models here as a smoke test of the script.
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -41,9 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-FULL_SIZE = ("zeroscope-arch", "animatediff-arch", "wan2.1-1.3b-arch")
-SMALL = ("tiny-random", "tiny-random-animatediff", "tiny-random-wan")
+from pipelines.motion_transfer.models import ARCH_MODELS, TINY_MODELS
+
+ROOT = Path(__file__).resolve().parents[2]
+FULL_SIZE = tuple(ARCH_MODELS.values())
+SMALL = tuple(TINY_MODELS.values())
 _GIB = 2**30
 
 
@@ -152,9 +153,9 @@ def inversion_time(pipe: Any, config: Any, preset_steps: int) -> dict[str, Any]:
 def check_model(model: str, device: str, log: Any) -> dict[str, Any]:
     import torch
 
-    from pipelines.bench_memory import estimate_memory
-    from pipelines.bench_precision import run_precision_benchmark
-    from pipelines.bench_terms import run_terms_benchmark
+    from pipelines.bench.memory import estimate_memory
+    from pipelines.bench.precision import run_precision_benchmark
+    from pipelines.bench.terms import run_terms_benchmark
 
     clock = time.perf_counter()
     pipe = _load(model, device, "auto")
@@ -190,8 +191,8 @@ def check_model(model: str, device: str, log: Any) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]], device_name: str) -> str:
-    """The README's tables: speed, memory and finiteness per family; precision per family and objective."""
-    lines = [f"Measured on {device_name} by `python3 pipelines/gpu_check.py` (random weights, real architectures).", "",
+    """RESULTS.md's tables: speed, memory and finiteness per family; precision per family and objective."""
+    lines = [f"Measured on {device_name} by `python3 -m pipelines.bench.gpu_check` (random weights, real architectures).", "",
              "| model | size | dtype | guided step (s) | iteration (s) | inversion (s/step; preset) | peak GiB (estimate) | finite |",
              "|---|---|---|---:|---:|---|---:|---|"]
     for r in results:
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from sma_guidance.atomic import atomic_write
+    from sma_guidance.atomic import write_json
 
     models = args.models.split(",") if args.models else (SMALL if args.small else FULL_SIZE)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
@@ -235,9 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as err:  # noqa: BLE001 — one family's failure is a finding; the others still run
             log(f"{model}: FAILED: {type(err).__name__}: {err}")
             results.append({"model": model, "error": f"{type(err).__name__}: {err}"})
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(args.output) as tmp:
-            tmp.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "results": results}, indent=2) + "\n")
+        write_json(args.output, {"device": device_name, "torch": torch.__version__, "results": results})
         done = [r for r in results if "error" not in r]
         if done:
             args.output.with_suffix(".md").write_text(markdown(done, device_name))

@@ -29,10 +29,11 @@ from typing import Any, Callable
 import numpy as np
 
 from sma_guidance import metrics, shapes
+from sma_guidance import atomic
 from sma_guidance.atomic import atomic_write
 from sma_guidance.config import SMAConfig
 
-# Far from the training streams (seeds 0 and 7 of pipelines.shapes_training).
+# Far from the training streams (seeds 0 and 7 of pipelines.training.shapes_training).
 HELD_OUT_SEED = 20251125
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -266,7 +267,7 @@ def _worker(job: dict[str, Any], pair_indices: list[int], threads: int, queue: A
     try:
         import torch
 
-        from .sma_pipeline import SMAMotionTransferPipeline
+        from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
         torch.set_num_threads(threads)
         pipe = SMAMotionTransferPipeline.load(job["model"], device=job["device"], dtype="float32")
@@ -469,9 +470,7 @@ def write_json(path: str | Path, records: list[dict[str, Any]], summary: dict, s
                paired: dict | None = None) -> Path:
     path = Path(path)
     data = {"settings": settings, "summary": summary, "paired_differences": paired or {}, "records": records}
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
-    return path
+    return atomic.write_json(path, data)
 
 
 __all__ = [

@@ -20,7 +20,6 @@ import contextlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -35,56 +34,31 @@ from diffusers import (
     UNetMotionModel,
     WanTransformer3DModel,
 )
-from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from sma_guidance.config import SMAConfig
-from sma_guidance.dmt import initial_latent, sma_objective_terms
+from sma_guidance.dmt import initial_latent
 from sma_guidance.errors import UserAdvice, UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.guidance import classifier_free_guidance
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
-from sma_guidance.precision import LossScale, scaled_backward
-from sma_guidance.video_io import DEFAULT_FPS, read_clip, resize_and_crop, select_frames
+from sma_guidance.precision import LossScale
+from sma_guidance.video_io import DEFAULT_FPS, Clip, read_clip, resize_and_crop, select_frames
 
-from .backbones import Backbone, backbone_of
-from .components import TINY_RANDOM, load_pipeline, resolve_device, resolve_dtype
+from . import optimization
+from .backbones import BACKBONES, Backbone, backbone_of, model_family
+from .backbones.zeroscope import TINY_RANDOM
 from .finetune import MotionAdapter, applied_adapter, train_motion_adapter
 from .inversion import InversionCache, inversion_cache_key, model_fingerprint, public_config
+from .loading import load_pipeline, resolve_device, resolve_dtype
+from .optimization import frozen
+from .pipeline_output import SMAPipelineOutput
 from .samplers import DDIMSampler, FlowMatchSampler, sampler_for
 
-VideoInput = Any  # a path (video file or image folder), a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W) in [-1, 1]
-
-
-@dataclass
-class SMAPipelineOutput(BaseOutput):
-    """Result of :class:`SMAMotionTransferPipeline`.
-
-    Attributes:
-        frames: the generated video, ``(1, F, H, W, 3)`` floats in [0, 1] for ``output_type="np"``
-            (``frames[0]`` goes straight to ``export_to_video``), ``(1, F, 3, H, W)`` for ``"pt"``,
-            latents ``(1, C, F, h, w)`` for ``"latent"``.
-        loss_history: one entry per guided step: timestep, learning rate and, per Adam iteration, the
-            objective and its DMT / global / local parts (summed over layers).
-        config: the full configuration of the run (``SMAConfig.to_dict()``).
-        fps: frame rate that keeps the input clip's duration.
-        timings: seconds spent in each stage.
-        adapter: the motion adapter used (trained in this call or given), or ``None``; save it with
-            ``out.adapter.save("motion.safetensors")``.
-        train_loss_history: per fine-tune step: timestep and the VMC / global / local / total loss.
-        sampler: what sampled (and inverted): the scheduler's class and settings (betas, spacing, offset,
-            clipping; a flow model's shift and sigmas) and the sampling timesteps.
-    """
-
-    frames: Any
-    loss_history: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    fps: float = 8.0
-    timings: dict[str, float] = field(default_factory=dict)
-    adapter: MotionAdapter | None = None
-    train_loss_history: list[dict[str, float]] = field(default_factory=list)
-    sampler: dict[str, Any] = field(default_factory=dict)
+# a path (video file or image folder), a uint8 array (F, H, W, 3), a tensor (F, 3, H, W) in [-1, 1], or a Clip
+# already read (read_clip: the part to use, taken as it is)
+VideoInput = Any
 
 
 # Said once per process (Python's warning registry), as a warning the CLI prints as one line.
@@ -99,7 +73,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     """Transfer the motion of a video to new content described by a prompt, with no training.
 
     Components are those of a text-to-video diffusion model — a VAE, a text encoder and tokenizer, a
-    scheduler — and its denoiser, whose class says the model's family (:mod:`pipelines.backbones`): a
+    scheduler — and its denoiser, whose class says the model's family (:mod:`pipelines.motion_transfer.backbones`): a
     ``unet`` that is a ``UNet3DConditionModel`` (Zeroscope, ``cerspense/zeroscope_v2_576w``) or a
     ``UNetMotionModel`` (AnimateDiff: SD 1.5 + a motion adapter), or a ``transformer`` that is a
     ``WanTransformer3DModel`` (Wan 2.1, flow matching). What differs between families goes through
@@ -138,8 +112,6 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         folder) makes an AnimateDiff of an SD 1.5 image model. ``dtype``: a torch dtype
         (``torch.float16``, as diffusers' ``torch_dtype``) or its name; ``"auto"``: float32 on the CPU, on a
         GPU the family's half precision (float16; Wan: bfloat16, the precision it was trained in)."""
-        from .backbones import BACKBONES, model_family
-
         torch_device = resolve_device(str(device))
         torch_dtype = resolve_dtype(dtype, torch_device)
         family = model_family(model, motion_adapter)
@@ -167,7 +139,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     @property
     def backbone(self) -> Backbone:
-        """This model's family (:mod:`pipelines.backbones`), from its denoiser's class."""
+        """This model's family (:mod:`pipelines.motion_transfer.backbones`), from its denoiser's class."""
         return backbone_of(self.denoiser)
 
     @property
@@ -177,6 +149,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         if cached is None or cached.scheduler is not self.scheduler:
             cached = self._sampler = sampler_for(self.scheduler)
         return cached
+
+    @sampler.setter
+    def sampler(self, sampler: DDIMSampler | FlowMatchSampler) -> None:
+        """A sampler of this pipeline's own :attr:`scheduler`, made beforehand (e.g. outside a fake-tensor mode)."""
+        if sampler.scheduler is not self.scheduler:
+            raise ValueError("the sampler must drive this pipeline's scheduler")
+        self._sampler = sampler
 
     def sampling_timesteps(self, num_inference_steps: int) -> list:
         """The sampling timesteps, noisiest first (ints for DDIM, floats σ·T for flow matching)."""
@@ -191,7 +170,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     def with_feature_layers(self, config: SMAConfig) -> SMAConfig:
         """``config``, its ``feature_layers`` derived from this model's architecture when it names none
-        (:meth:`~pipelines.backbones.base.Backbone.default_feature_layers`: DMT's decoder block 1, Wan's
+        (:meth:`~pipelines.motion_transfer.backbones.base.Backbone.default_feature_layers`: DMT's decoder block 1, Wan's
         middle block)."""
         if config.feature_layers is not None:
             return config
@@ -207,9 +186,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------ helpers
     def _progress(self, total: int, desc: str) -> tqdm:
-        """A progress bar honouring ``set_progress_bar_config`` (e.g. ``disable=True``), with a label."""
-        options = {"desc": desc, **getattr(self, "_progress_bar_config", {})}
-        return tqdm(total=total, **options)
+        """diffusers' :meth:`progress_bar` (so ``set_progress_bar_config``, e.g. ``disable=True``, holds),
+        labelled with the stage."""
+        bar = self.progress_bar(total=total)
+        if "desc" not in getattr(self, "_progress_bar_config", {}):
+            bar.set_description(desc, refresh=False)
+        return bar
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
@@ -241,8 +223,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         the selected part's duration. The part ``[config.start, config.start + config.duration)`` is
         resampled uniformly in time (a file is streamed, keeping only those frames; arrays and tensors
         count as 8 fps); each frame is scaled to cover ``height x width`` with its aspect ratio kept,
-        then centre-cropped."""
-        if isinstance(video, (torch.Tensor, np.ndarray)):
+        then centre-cropped. A :class:`~sma_guidance.video_io.Clip` is that part already read: it is only
+        resized."""
+        if isinstance(video, Clip):
+            array, fps = video
+        elif isinstance(video, (torch.Tensor, np.ndarray)):
             if isinstance(video, torch.Tensor):
                 frames = video.detach().float()
                 if frames.ndim != 4 or frames.shape[1] != 3:
@@ -312,7 +297,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         frequencies plus ``noise``'s high ones, both ``(B, C, F, h, w)``."""
         return initial_latent(inverted, noise, downsample_factor, low_pass_grid)
 
-    def _unet_call(self, latents: torch.Tensor, t: int | float, embedding: torch.Tensor) -> torch.Tensor:
+    def model_prediction(self, latents: torch.Tensor, t: int | float, embedding: torch.Tensor) -> torch.Tensor:
         """The denoiser's prediction ``(B, C, F, h, w)`` (noise, or flow velocity) for latents
         ``(B, C, F, h, w)`` and one text embedding ``(B, L, D)`` per video, called as its family calls it."""
         return self.backbone.unet_call(self.denoiser, latents, t, embedding)
@@ -345,7 +330,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 return {t: cached[t].float() for t in timesteps}, True
         latents = self.encode_video(frames, config.vae_batch_size)
         inverted = self.sampler.invert(
-            self._unet_call,
+            self.model_prediction,
             latents,
             source_embedding,
             config.inversion_steps,
@@ -372,33 +357,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         Returns the total and its DMT / global / local parts (each summed over layers). The forward
         stops after the last recorded layer.
         """
-        return self.objective_of_features(reference, recorder.run(self._unet_call, latents, t, embedding), config)
+        return self.objective_of_features(reference, recorder.run(self.model_prediction, latents, t, embedding), config)
 
-    @staticmethod
-    def objective_of_features(
-        reference: dict[str, torch.Tensor], features: dict[str, torch.Tensor], config: SMAConfig
-    ) -> dict[str, torch.Tensor]:
-        """Eq. 19 summed over the layers of ``features`` (``{layer: (B, F, C, H, W)}``) against ``reference``
-        (the same layers), computed in float32; with ``feature_normalization="ref-rms"`` both maps of a layer
-        are divided by the reference's RMS first. Returns the total and its DMT / global / local parts."""
-        totals: dict[str, torch.Tensor] = {}
-        for name, pred in features.items():
-            ref = reference[name].float()
-            pred = pred.float()
-            if config.feature_normalization == "ref-rms":
-                # Same scale for both so the cosine term is untouched and the L1 terms become relative.
-                scale = ref.pow(2).mean().sqrt().clamp_min(1e-8)
-                ref, pred = ref / scale, pred / scale
-            terms = sma_objective_terms(
-                ref,
-                pred,
-                lambda_global=config.lambda_global,
-                lambda_local=config.lambda_local,
-                **config.spectral_settings,
-            )
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0) + value
-        return totals
+    #: Eq. 19 of recorded features (:func:`.optimization.objective_of_features`).
+    objective_of_features = staticmethod(optimization.objective_of_features)
 
     def loss_scale(self, config: SMAConfig) -> LossScale:
         """The loss scale of a run's backward passes: ``config.loss_scaling`` from ``config.loss_scale`` on a
@@ -435,25 +397,12 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         (detached) and the per-iteration losses (with the loss scale used, when one is).
         """
         with torch.no_grad():
-            reference = recorder.run(self._unet_call, reference_latents, t, source_embedding)
-        scale = loss_scale or self.loss_scale(config)
-        optimized = latents.detach().clone().float().requires_grad_(True)
-        optimizer = torch.optim.Adam([optimized], lr=learning_rate)
-        history = []
+            reference = recorder.run(self.model_prediction, reference_latents, t, source_embedding)
         with self.guidance_backward(config):
-            for _ in range(config.optimization_steps):
-                terms = scaled_backward(
-                    lambda: self.guidance_objective(optimized, t, target_embedding, reference, recorder, config),
-                    [optimized], scale,
-                )
-                optimizer.step()
-                record = {key: float(value.detach()) for key, value in terms.items()}
-                if scale.enabled:
-                    record["loss_scale"] = scale.last
-                history.append(record)
-                if on_iteration:
-                    on_iteration(record)
-        return optimized.detach(), history
+            return optimization.optimize_latent(
+                lambda x: self.guidance_objective(x, t, target_embedding, reference, recorder, config),
+                latents, learning_rate, config.optimization_steps, loss_scale or self.loss_scale(config), on_iteration,
+            )
 
     # ------------------------------------------------------------------------------ fine-tuning
     def _train_adapter(self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig) -> MotionAdapter:
@@ -472,7 +421,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             seed=config.seed,
             base_model=self.model_name,
             family=self.backbone.name,
-            unet_call=self._unet_call,
+            unet_call=self.model_prediction,
             progress=lambda total: self._progress(total, "Motion fine-tune"),
             prediction_type=self.scheduler.config.prediction_type,
             lambda_global=config.train_lambda_global,
@@ -531,7 +480,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         flow-matching Euler), or DDIM with η > 0 and fresh noise from ``generator`` (or one generator per
         item). ``embeddings`` is ``[negative, target]`` ``(2, L, D)``, or for B latents the B negative
         embeddings, then the B targets. The sampler's timesteps must be set (:meth:`sampling_timesteps`)."""
-        prediction = self._unet_call(torch.cat([latents, latents]), t, embeddings).float()
+        prediction = self.model_prediction(torch.cat([latents, latents]), t, embeddings).float()
         uncond, cond = prediction.chunk(2)
         guided = classifier_free_guidance(uncond, cond, guidance_scale, guidance_rescale)
         return self.sampler.step(guided, t, latents, eta, generator)
@@ -710,6 +659,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         Returns:
             :class:`SMAPipelineOutput` with ``.frames``, ``.loss_history``, ``.config``, ``.fps``, ``.timings``.
         """
+        # 1. check inputs, resolve the settings
+        self.check_inputs(video, prompt, output_type)
         explicit = dict(
             source_prompt=source_prompt,
             negative_prompt=negative_prompt,
@@ -728,31 +679,78 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             adapter=str(adapter) if isinstance(adapter, (str, os.PathLike)) else None,
         )
         config = self._resolve_config(config, explicit, config_overrides)
-        if output_type not in ("np", "pt", "latent"):
-            raise UserError(f"output_type must be np, pt or latent (got {output_type!r})")
+        if not isinstance(adapter, MotionAdapter):
+            adapter = MotionAdapter.load(config.adapter) if config.adapter else None
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
+        # 2. read the clip
         frames, fps = self.prepare_video(video, config)
         fps = config.fps or fps
         timesteps = self.sampling_timesteps(config.num_inference_steps)
-        with self.text_encoder_on_device():  # moved on (and off) once for the three prompts
+
+        # 3. encode the prompts (the text encoder moves on, and off, once for the three)
+        with self.text_encoder_on_device():
             negative, target, source = (
                 self.encode_prompt(text) for text in (config.negative_prompt, prompt, config.source_prompt)
             )
         timings["prepare"] = time.perf_counter() - clock
+        advise_on_source_prompt(config)
 
-        if not isinstance(adapter, MotionAdapter):
-            adapter = MotionAdapter.load(config.adapter) if config.adapter else None
+        loss_history: list[dict[str, Any]] = []
         with self.speed_options(config):
+            # 4. fine-tune the motion (modes fine-tune and both, without a given adapter)
             if adapter is None and config.trains:
                 clock = time.perf_counter()
                 adapter = self._train_adapter(frames, source, config)
                 timings["fine_tune"] = time.perf_counter() - clock
             with applied_adapter(self.denoiser, adapter, self.model_name, family=self.backbone.name):
-                output, loss_history = self._sample(
-                    frames, timesteps, negative, target, source, config, timings, output_type
-                )
+                # 5. invert the clip
+                clock = time.perf_counter()
+                guided = timesteps[: config.num_guided_steps]
+                # Keep the latents a guided run of this config would need even when this run needs fewer
+                # (fine-tune mode, no optimization): the cached inversion then serves every mode.
+                span = timesteps[: max(config.num_guided_steps, round(config.guidance_fraction * len(timesteps)))]
+                inverted, from_cache = self.invert(frames, source, config, sorted(set(span) | {timesteps[0]}))
+                timings["inversion"] = time.perf_counter() - clock
+                timings["inversion_cached"] = float(from_cache)
+
+                # 6. prepare the initial latent (DMT: the inversion's low frequencies, fresh high ones)
+                generator = torch.Generator("cpu").manual_seed(config.seed)
+                latents = self.prepare_latents(inverted[timesteps[0]], config, generator)
+
+                # 7. denoise, optimizing the latent at the first guided steps
+                learning_rates = np.linspace(config.learning_rate_start, config.learning_rate_end, max(len(guided), 1))
+                cfg_embeddings = torch.cat([negative, target])
+                timings["guidance"] = timings["denoise"] = 0.0
+                recorder = self.feature_recorder(config)
+                scale = self.loss_scale(config)
+                with self._progress(len(timesteps), "Sampling") as bar:
+                    for i, t in enumerate(timesteps):
+                        if i < len(guided):
+                            clock = time.perf_counter()
+                            with recorder, torch.enable_grad():
+                                latents, history = self.optimize_latent(
+                                    latents, t, inverted[t], source, target, float(learning_rates[i]), config, recorder,
+                                    on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False),
+                                    loss_scale=scale,
+                                )
+                            loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]),
+                                                 "iterations": history})
+                            timings["guidance"] += time.perf_counter() - clock
+                        clock = time.perf_counter()
+                        # The guided steps stay deterministic: their latents are optimized against the inversion's.
+                        eta = config.eta if i >= len(guided) else 0.0
+                        step = dict(guidance_scale=config.guidance_scale, eta=eta, generator=generator,
+                                    guidance_rescale=config.guidance_rescale)
+                        latents = self.sampling_step(latents, i, timesteps, cfg_embeddings, int(config.restart_sampling), **step)
+                        timings["denoise"] += time.perf_counter() - clock
+                        bar.update()
+
+                # 8. decode
+                clock = time.perf_counter()
+                output = self._postprocess(latents, output_type, config.vae_batch_size)
+                timings["decode"] = time.perf_counter() - clock
         self.maybe_free_model_hooks()
 
         result = SMAPipelineOutput(
@@ -767,70 +765,25 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         )
         return result if return_dict else (output, loss_history)
 
-    def _sample(
-        self,
-        frames: torch.Tensor,
-        timesteps: list[int],
-        negative: torch.Tensor,
-        target: torch.Tensor,
-        source: torch.Tensor,
-        config: SMAConfig,
-        timings: dict[str, float],
-        output_type: str,
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        """Invert, run the guided DDIM loop and decode; fills ``timings``."""
-        advise_on_source_prompt(config)
-        clock = time.perf_counter()
-        guided = timesteps[: config.num_guided_steps]
-        # Keep the latents a guided run of this config would need even when this run needs fewer
-        # (fine-tune mode, no optimization): the cached inversion then serves every mode.
-        span = timesteps[: max(config.num_guided_steps, round(config.guidance_fraction * len(timesteps)))]
-        inverted, from_cache = self.invert(frames, source, config, sorted(set(span) | {timesteps[0]}))
-        timings["inversion"] = time.perf_counter() - clock
-        timings["inversion_cached"] = float(from_cache)
+    def check_inputs(self, video: VideoInput, prompt: str, output_type: str) -> None:
+        """Raise a :class:`UserError` on an argument that cannot work, before any work is done."""
+        if video is None:
+            raise UserError("no video: pass a path, a uint8 array (F, H, W, 3) or a tensor (F, 3, H, W)")
+        if not isinstance(prompt, str):
+            raise UserError(f"the prompt must be a string (got {type(prompt).__name__}); one video per call")
+        if output_type not in ("np", "pt", "latent"):
+            raise UserError(f"output_type must be np, pt or latent (got {output_type!r})")
 
-        generator = torch.Generator("cpu").manual_seed(config.seed)
-        noise = torch.randn(inverted[timesteps[0]].shape, generator=generator).to(self.device)
-        latents = self.initial_latent(inverted[timesteps[0]], noise, config.downsample_factor, config.low_pass_grid)
-
-        learning_rates = np.linspace(config.learning_rate_start, config.learning_rate_end, max(len(guided), 1))
-        cfg_embeddings = torch.cat([negative, target])
-        loss_history: list[dict[str, Any]] = []
-        timings["guidance"] = timings["denoise"] = 0.0
-        recorder = self.feature_recorder(config)
-        scale = self.loss_scale(config)
-        with self._progress(len(timesteps), "Sampling") as bar:
-            for i, t in enumerate(timesteps):
-                if i < len(guided):
-                    clock = time.perf_counter()
-                    with recorder, torch.enable_grad():
-                        latents, history = self.optimize_latent(
-                            latents,
-                            t,
-                            inverted[t],
-                            source,
-                            target,
-                            float(learning_rates[i]),
-                            config,
-                            recorder,
-                            on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False),
-                            loss_scale=scale,
-                        )
-                    loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]), "iterations": history})
-                    timings["guidance"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                # The guided steps stay deterministic: their latents are optimized against the inversion's.
-                eta = config.eta if i >= len(guided) else 0.0
-                step = dict(guidance_scale=config.guidance_scale, eta=eta, generator=generator,
-                            guidance_rescale=config.guidance_rescale)
-                latents = self.sampling_step(latents, i, timesteps, cfg_embeddings, int(config.restart_sampling), **step)
-                timings["denoise"] += time.perf_counter() - clock
-                bar.update()
-
-        clock = time.perf_counter()
-        output = self._postprocess(latents, output_type, config.vae_batch_size)
-        timings["decode"] = time.perf_counter() - clock
-        return output, loss_history
+    def prepare_latents(
+        self, inverted: torch.Tensor, config: SMAConfig, generator: torch.Generator, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The latent ``(1, C, F, h, w)`` sampling starts from: ``latents`` when given, else DMT's initial latent
+        of the inversion ``inverted`` at the first timestep — its frequencies below ``config``'s cut-off kept,
+        the rest drawn from ``generator`` (:func:`sma_guidance.dmt.initial_latent`)."""
+        if latents is not None:
+            return latents.to(self.device, torch.float32)
+        noise = torch.randn(inverted.shape, generator=generator).to(self.device)
+        return self.initial_latent(inverted, noise, config.downsample_factor, config.low_pass_grid)
 
 
 def advise_on_source_prompt(config: SMAConfig) -> None:
@@ -838,19 +791,6 @@ def advise_on_source_prompt(config: SMAConfig) -> None:
     comes from this line, which Python's registry remembers."""
     if not config.source_prompt.strip():
         warnings.warn(EMPTY_SOURCE_PROMPT, UserAdvice, stacklevel=1)
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """No parameter of ``module`` requires grad inside the block: the backward pass of the latent
-    optimization then computes no weight gradients (time and memory for nothing)."""
-    flags = {name: p.requires_grad for name, p in module.named_parameters()}
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for name, param in module.named_parameters():
-            param.requires_grad_(flags[name])
 
 
 __all__ = ["SMAMotionTransferPipeline", "SMAPipelineOutput"]

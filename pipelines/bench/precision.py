@@ -25,8 +25,8 @@ import torch
 from sma_guidance.config import SMAConfig
 from sma_guidance.precision import LossScale, scaled_backward
 
-from .components import quiet_loading
-from .sma_pipeline import SMAMotionTransferPipeline
+from pipelines.motion_transfer.hub import quiet_loading
+from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
 TARGET_PROMPT, SOURCE_PROMPT = "a red car driving on a road", "a white car driving on a road"
 
@@ -40,7 +40,7 @@ def guidance_gradient(
     recorder = pipe.feature_recorder(config)
     with pipe.speed_options(config), recorder:
         with torch.no_grad():
-            reference = recorder.run(pipe._unet_call, reference_latents, t, source)
+            reference = recorder.run(pipe.model_prediction, reference_latents, t, source)
         leaf = latents.detach().clone().float().requires_grad_(True)
         with pipe.guidance_backward(config), torch.enable_grad():
             terms = scaled_backward(
@@ -59,8 +59,8 @@ def feature_gradient_sensitivity(
     denoiser must be in float32."""
     recorder = pipe.feature_recorder(config)
     with pipe.speed_options(config), recorder, torch.no_grad():
-        reference = {k: v.float() for k, v in recorder.run(pipe._unet_call, reference_latents, t, source).items()}
-        features = {k: v.float() for k, v in recorder.run(pipe._unet_call, latents, t, target).items()}
+        reference = {k: v.float() for k, v in recorder.run(pipe.model_prediction, reference_latents, t, source).items()}
+        features = {k: v.float() for k, v in recorder.run(pipe.model_prediction, latents, t, target).items()}
     generator = torch.Generator("cpu").manual_seed(3)
     noise = {k: torch.randn(v.shape, generator=generator).to(v.device) for k, v in features.items()}
 

@@ -3,7 +3,7 @@
 Upload a clip or pick a bundled sample, write the prompts, choose the model, the mode and the main
 knobs, press Run: a progress bar follows the pipeline's own steps, and the page shows the (input |
 output) clip and offers the output video, its JSON record and, after a fine-tune, the motion adapter to
-download. The work is the CLI's :func:`cli.transfer`, so a page run writes exactly the files of
+download. The work is :func:`pipelines.motion_transfer.run.transfer`, as the CLI's, so a page run writes exactly the files of
 ``sma-guide INPUT --side-by-side`` (into a fresh folder per run, under one temporary folder that the page
 keeps for its lifetime: the last few runs stay, older ones and the whole folder at exit are removed).
 
@@ -24,8 +24,12 @@ from typing import Any
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-MODELS = ("shapes", "tiny-random", "tiny-random-animatediff", "tiny-random-wan")
+from ..motion_transfer.backbones import model_family
+from ..motion_transfer.models import BUNDLED_MODELS, TINY_MODELS
+from ..motion_transfer.run import build_config, transfer
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+MODELS = (*BUNDLED_MODELS, *TINY_MODELS.values())
 MODES = ("zero-shot", "fine-tune", "both")
 # The knobs on the page: (`sma-guide run` flag name, SMAConfig field, label). Their values start as the
 # chosen model's preset and are passed to `transfer` as that flag; a blank one keeps the preset.
@@ -71,9 +75,6 @@ def preset_values(model: str | None) -> list[Any]:
     """The knobs' values in ``model``'s preset (SMAConfig's defaults, the family's and the model's presets),
     or blanks when its family is unknown until it loads (a Hub id not in the local cache): filled-in base
     defaults would then override the family's preset (e.g. Wan's 4k + 1 frames) at run time."""
-    from cli import build_config
-    from pipelines.backbones import model_family
-
     model = (model or "").strip() or SMAConfig().model
     if model_family(model) is None:
         return [None] * len(KNOBS)
@@ -109,13 +110,11 @@ def run_transfer(
     runs_folder: str | Path | None = None,
     keep_runs: int = KEEP_RUNS,
 ) -> RunFiles:
-    """One run of :func:`cli.transfer` into a new folder under ``runs_folder`` (default: the system's
+    """One run of :func:`~pipelines.motion_transfer.run.transfer` into a new folder under ``runs_folder`` (default: the system's
     temporary folder), with the side-by-side clip, and the trained adapter saved when the run fine-tunes;
     then, in a ``runs_folder`` that was given (a page's own), only the newest ``keep_runs`` run folders are
     kept; the shared temporary folder is never pruned, another process's runs may sit there. ``pipelines``
     caches loaded models across runs."""
-    from cli import _comparison_path, _record_path, build_config, transfer
-
     if not video:
         raise UserError("no input clip: upload a video or pick a bundled sample")
     values = {name: (int(value) if name in INTEGER_KNOBS else float(value)) for name, value in knobs.items()
@@ -128,11 +127,11 @@ def run_transfer(
     output = folder / f"{Path(video).stem}.sma.mp4"
     save_adapter = folder / "motion.safetensors" if trains else None
     try:
-        transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
+        written = transfer(Path(video), prompt, output, None, save_adapter, True, not show_progress, flags, pipelines)
     finally:
         if runs_folder is not None:
             _prune_runs(Path(runs_folder), keep_runs)
-    return RunFiles(folder, output, _record_path(output), _comparison_path(output), save_adapter)
+    return RunFiles(folder, written.output, written.record, written.comparison, written.adapter)
 
 
 def _prune_runs(parent: Path, keep: int) -> None:

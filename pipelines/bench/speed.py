@@ -23,24 +23,21 @@ the caller's overrides):
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sma_guidance.atomic import atomic_write
 from sma_guidance.config import SMAConfig
 from sma_guidance.spectral import frame_residuals, global_motion_loss, local_motion_loss
 
-from .sma_pipeline import SMAMotionTransferPipeline
+from pipelines.motion_transfer.pipeline_sma import SMAMotionTransferPipeline
 
 
 # ------------------------------------------------------------------------------------ measurement
@@ -102,14 +99,14 @@ class _Stages:
         self.latents = pipe.encode_video(self.frames, config.vae_batch_size).float()
         self.recorder = pipe.feature_recorder(config)
         with self.recorder, torch.no_grad():
-            self.reference = self.recorder.run(pipe._unet_call, self.latents, self.t, self.source)
+            self.reference = self.recorder.run(pipe.model_prediction, self.latents, self.t, self.source)
 
     def inversion(self) -> None:
         self.pipe.invert(self.frames, self.source, self.config.replace(inversion_cache=False), [self.t])
 
     def reference_features(self) -> None:
         with self.recorder, torch.no_grad():
-            self.recorder.run(self.pipe._unet_call, self.latents, self.t, self.source)
+            self.recorder.run(self.pipe.model_prediction, self.latents, self.t, self.source)
 
     def guidance_iteration(self, config: SMAConfig, early_stop: bool = True) -> Callable[[], None]:
         recorder = self.recorder if early_stop else self.pipe.feature_recorder(config, stop_after_last=False)
@@ -376,9 +373,4 @@ def markdown_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_record(record: dict[str, Any], path: Path) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-
-
-__all__ = ["inversion_reconstruction", "inversion_table", "markdown_table", "measure", "measure_interleaved", "peak_rss_bytes", "run_inversion_study", "run_speed_benchmark", "write_record"]
+__all__ = ["inversion_reconstruction", "inversion_table", "markdown_table", "measure", "measure_interleaved", "peak_rss_bytes", "run_inversion_study", "run_speed_benchmark"]

@@ -9,8 +9,8 @@
 #
 # then, with carry [".whl"]:
 #
-#   bash pipelines/shapes_training_device.sh MINUTES "NAME FLAGS..." ["NAME FLAGS..." ...]
-#   e.g. bash pipelines/shapes_training_device.sh 6 "plain --batch-size 256" "attn16 --attention-at-16 --batch-size 256"
+#   bash pipelines/training/shapes_training_device.sh MINUTES "NAME FLAGS..." ["NAME FLAGS..." ...]
+#   e.g. bash pipelines/training/shapes_training_device.sh 6 "plain --batch-size 256" "attn16 --attention-at-16 --batch-size 256"
 #
 # Each quoted variant is one warm restart (--restart-minutes MINUTES, so it ends annealed whatever the GPU's
 # speed) from the bundled weights (--init-from pipelines/shapes_model) with the shipped recipe plus its own
@@ -34,7 +34,7 @@ for variant in "$@"; do
   read -r name flags <<< "$variant"
   rm -rf "/tmp/work_$name"
   # shellcheck disable=SC2086  # the variant's flags are meant to split
-  python3 -m pipelines.shapes_training --device "${DEVICE:-cuda}" --threads "$THREADS" --workdir "/tmp/work_$name" \
+  python3 -m pipelines.training.shapes_training --device "${DEVICE:-cuda}" --threads "$THREADS" --workdir "/tmp/work_$name" \
     --init-from pipelines/shapes_model --unet-steps 7000 --offset-noise 0.15 --restart-minutes "$MINUTES" \
     --output "/tmp/models/$name" $flags 2>&1 | grep --line-buffered -v -E "Warn|kept in float32|cannot run|shards" > "$OUT/$name.log" &
 done

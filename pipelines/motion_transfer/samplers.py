@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sma_guidance.errors import UserError
 
-from .inversion import check_timesteps_covered, ddim_invert, inversion_timesteps, public_config
+from pipelines.motion_transfer.inversion import check_timesteps_covered, ddim_invert, inversion_timesteps, public_config
 
 ModelFn = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (latents, t, embedding) -> output
 Progress = Callable[[int], object] | None

@@ -21,11 +21,14 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sma_guidance.errors import UserError
 
-from ..components import build_tiny_random, build_tiny_tokenizer, explain_load_error, from_pretrained, quiet_loading
+from ..hub import explain_load_error, from_pretrained, quiet_loading
+from ..models import ARCH_MODELS, TINY_MODELS
 from .base import Backbone
+from .tokenizers import build_tiny_tokenizer
+from .zeroscope import build_tiny_random
 
-TINY_RANDOM_ANIMATEDIFF = "tiny-random-animatediff"
-ANIMATEDIFF_ARCH = "animatediff-arch"
+TINY_RANDOM_ANIMATEDIFF = TINY_MODELS["animatediff"]
+ANIMATEDIFF_ARCH = ARCH_MODELS["animatediff"]
 
 # AnimateDiff's sampler (guoyww/AnimateDiff's inference configs, the schedule its motion modules were
 # trained on): DDIM on SD's beta range with a *linear* schedule (SD 1.5's own is scaled_linear), no x̂₀
@@ -252,6 +255,9 @@ class AnimateDiffBackbone(Backbone):
                 f"num_frames {config.num_frames} is more than this AnimateDiff's motion modules take ({most}); "
                 f"pass --frames {most} or fewer (16 is AnimateDiff's native clip)"
             )
+
+    def default_scheduler(self) -> Any:
+        return animatediff_scheduler()
 
     def sampling_scheduler(self, scheduler: Any) -> Any:
         """A DDIM scheduler as it is (a saved AnimateDiff folder's choice); any other — an SD 1.5 base's PNDM

@@ -28,11 +28,12 @@ from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from sma_guidance.errors import UserError
 
-from ..components import from_pretrained, quiet_loading
+from ..hub import from_pretrained, quiet_loading
+from ..models import ARCH_MODELS, TINY_MODELS
 from .base import Backbone
 
-TINY_RANDOM_WAN = "tiny-random-wan"
-WAN_ARCH = "wan2.1-1.3b-arch"
+TINY_RANDOM_WAN = TINY_MODELS["wan"]
+WAN_ARCH = ARCH_MODELS["wan"]
 # WanPipeline's prompt length (its __call__'s max_sequence_length).
 MAX_SEQUENCE_LENGTH = 512
 

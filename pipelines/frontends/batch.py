@@ -14,6 +14,7 @@ describes the same input, prompt and settings; finished jobs are skipped, so a b
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import click
 
 from sma_guidance.config import DERIVED_FROM_MODEL
 from sma_guidance.errors import UserError
+
+from ..motion_transfer import run
 
 # Options that name files: resolved relative to the jobs file.
 PATH_OPTIONS = ("output", "config", "adapter", "save-adapter", "cache-dir")
@@ -137,4 +140,51 @@ def is_finished(record_path: Path, job: Job, config: dict[str, Any]) -> bool:
     return record.get("prompt") == job.prompt and record.get("input") == str(job.input) and recorded == wanted
 
 
-__all__ = ["Job", "assigned", "is_finished", "option_table", "read_jobs"]
+def run_batch(jobs_path: Path, command: click.Command, device: str, quiet: bool) -> tuple[int, int, int, int]:
+    """Run this process's jobs of ``jobs_path`` (checked against ``command``'s options) with
+    :func:`run.transfer`, skipping finished ones; a failing job is reported and the others go on.
+    Returns (done, already finished, failed, this process's job count)."""
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    jobs = read_jobs(jobs_path, command)
+    outputs: dict[Path, int] = {}
+    for job in jobs:
+        output = (job.options.get("output") or run.default_output(job.input)).resolve()
+        if output in outputs:
+            raise UserError(f"{jobs_path}: lines {outputs[output]} and {job.line} both write {output}; give each an \"output\"")
+        outputs[output] = job.line
+    # Without CUDA, accelerate forms its process group on the CPU (gloo) only when told so.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes > 1 or state.device.type == "cuda":
+        device = str(state.device)
+    mine = assigned(jobs, state.process_index, state.num_processes)
+    who = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
+    pipelines: dict[tuple[str | None, ...], Any] = {}
+    done = skipped = failed = 0
+    for job in tqdm(mine, desc=f"{who}jobs", disable=quiet):
+        options = dict(job.options)
+        run_args = {name: options.pop(name, None) for name in ("output", "config_file", "save_adapter")}
+        side_by_side = bool(options.pop("side_by_side", False))
+        strip = bool(options.pop("strip", False))
+        flags = {**options, "device": device}
+        output = run_args["output"] or run.default_output(job.input)
+        try:
+            config = run.build_config(run_args["config_file"], flags)
+            if is_finished(run.record_path(output), job, config.to_dict()):
+                skipped += 1
+                continue
+            run.transfer(job.input, job.prompt, output, run_args["config_file"], run_args["save_adapter"], side_by_side,
+                         True, flags, pipelines, strip=strip)
+            done += 1
+            if not quiet:
+                tqdm.write(f"{who}line {job.line}: wrote {output}")
+        except UserError as err:
+            failed += 1
+            tqdm.write(f"{who}line {job.line}: error: {err}", file=sys.stderr)
+    click.echo(f"{who}{done} done, {skipped} already finished, {failed} failed of {len(mine)} job(s)")
+    return done, skipped, failed, len(mine)
+
+
+__all__ = ["Job", "assigned", "is_finished", "option_table", "read_jobs", "run_batch"]

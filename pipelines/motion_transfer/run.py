@@ -1,0 +1,222 @@
+"""The run: a configuration and an input clip to files — the output video, its record and what was asked
+beside it. ``sma-guide run``, each job of ``sma-guide batch`` and the web page all call :func:`transfer`.
+
+Every default comes from :class:`sma_guidance.config.SMAConfig`, overridden in turn by the model family's
+preset (detected from the model's ``model_index.json``), the model's preset, a ``--config`` file and the
+flags (:func:`build_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sma_guidance.atomic import check_writable_folder, write_json
+from sma_guidance.config import SMAConfig
+from sma_guidance.errors import UserError
+
+# CLI flag -> SMAConfig field, for the flags whose names differ from the field.
+FLAG_FIELDS = {
+    "frames": "num_frames",
+    "steps": "num_inference_steps",
+}
+
+
+@dataclass
+class Written:
+    """The files a run wrote: the video, its record (written last) and the extras that were asked for."""
+
+    output: Path
+    record: Path
+    comparison: Path | None = None
+    strip: Path | None = None
+    adapter: Path | None = None
+
+
+def default_output(input_path: Path) -> Path:
+    base = input_path.name if input_path.is_dir() else input_path.stem
+    return input_path.parent / f"{base or 'output'}.sma.mp4"
+
+
+def comparison_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.side_by_side{output.suffix}")
+
+
+def strip_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".strip.png")
+
+
+def record_path(output: Path) -> Path:
+    return output.with_suffix(".json")
+
+
+def transfer(
+    input_path: Path,
+    prompt: str,
+    output: Path | None,
+    config_file: Path | None,
+    save_adapter: Path | None,
+    side_by_side: bool,
+    quiet: bool,
+    flags: dict[str, Any],
+    pipelines: dict[tuple[str | None, ...], Any] | None = None,
+    strip: bool = False,
+    on_note: Callable[[str], None] | None = None,
+) -> Written:
+    """One run, config to files — what ``sma-guide run``, each job of ``batch`` and the web page do:
+    checks, the model, the run, the files (the record last). ``pipelines`` caches loaded models by (model,
+    motion adapter, device, dtype) across calls; ``on_note`` hears what the user should know (a fitted
+    inversion count) unless ``quiet``."""
+    # Checks that need no library first: a typo is reported at once, not after seconds of imports (torch;
+    # build_config's family detection imports diffusers).
+    if not prompt.strip():
+        raise UserError("the prompt is empty; describe what the output should show")
+    if not input_path.exists():
+        raise UserError(f"input not found: {input_path} — check the path")
+    from sma_guidance.video_io import (
+        check_output_path, check_readable, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
+    )
+
+    check_readable(input_path)  # junk is refused before build_config imports diffusers
+    config = build_config(config_file, flags)
+    # Decoded once, before the (slow) model load so that a bad part of the clip fails at once; read again
+    # only when the loaded model's family asks for another part (a family its folder did not tell).
+    selection = (config.num_frames, config.start, config.duration)
+    clip = read_clip(input_path, *selection)
+    output = check_output_path(output or default_output(input_path), input_path)
+    record = check_output_path_record(record_path(output), input_path)
+    comparison = check_output_path(comparison_path(output), input_path) if side_by_side else None
+    picture = strip_path(output) if strip else None
+    if config.adapter:
+        from .finetune import MotionAdapter
+
+        MotionAdapter.load(config.adapter)  # a missing or foreign file fails before the model loads
+    if save_adapter is not None:
+        check_adapter_path(save_adapter, config, input_path, output)
+
+    from .pipeline_sma import SMAMotionTransferPipeline
+
+    key = (config.model, config.motion_adapter, config.device, config.dtype)
+    pipe = pipelines.get(key) if pipelines is not None else None
+    if pipe is None:
+        pipe = SMAMotionTransferPipeline.load(
+            config.model, device=config.device, dtype=config.dtype, motion_adapter=config.motion_adapter
+        )
+        if pipelines is not None:
+            pipelines[key] = pipe
+    config = build_config(config_file, flags, family=pipe.backbone.name)  # the loaded model's family decides
+    if (config.num_frames, config.start, config.duration) != selection:
+        clip = read_clip(input_path, config.num_frames, config.start, config.duration)
+    if not chosen("inversion_steps", config_file, flags):
+        fitted = pipe.fit_inversion_steps(config)
+        if fitted.inversion_steps != config.inversion_steps and not quiet and on_note is not None:
+            on_note(f"note: {fitted.inversion_steps} inversion steps (the preset's {config.inversion_steps} do not pass "
+                    f"through the {config.num_inference_steps} sampling steps)")
+        config = fitted
+    pipe.set_progress_bar_config(disable=quiet)
+    result = pipe(video=clip, prompt=prompt, config=config)
+    written = export_to_video(result.frames[0], output, fps=result.fps)
+    if save_adapter is not None:
+        result.adapter.save(save_adapter)
+    if comparison is not None or picture is not None:
+        frames, _ = pipe.prepare_video(clip, config)  # resized only, not decoded again
+        shown = (frames.permute(0, 2, 3, 1) + 1) / 2
+        if comparison is not None:
+            export_to_video(stack(shown, result.frames[0]), comparison, fps=result.fps)
+        if picture is not None:
+            scale = max(1, 256 // max(config.height, config.width))  # small clips: pixels a person can see
+            save_image(frame_strip(shown, result.frames[0], scale=scale), picture)
+    # Written last: a record beside the output means the run finished (batch skips such jobs).
+    write_json(
+        record,
+        {
+            "input": str(input_path),
+            "output": str(written),
+            "prompt": prompt,
+            "fps": result.fps,
+            "family": pipe.backbone.name,
+            "config": result.config,
+            "sampler": result.sampler,
+            "loss_history": result.loss_history,
+            "timings": result.timings,
+            "adapter": str(save_adapter or config.adapter or "") or None,
+            "train_loss_history": result.train_loss_history,
+        },
+    )
+    return Written(Path(written), record, comparison, picture, save_adapter)
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any], family: str | None = None) -> SMAConfig:
+    """Defaults ← the model family's preset ← the model's preset ← ``--config`` file ← flags, validated.
+    The family is detected from the model's ``model_index.json`` unless given (a loaded pipeline's)."""
+    file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
+    fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
+    for name in ("cache_dir", "adapter"):
+        if name in fields:
+            fields[name] = str(fields[name])
+    if isinstance(fields.get("feature_layers"), str):
+        fields["feature_layers"] = tuple(name.strip() for name in fields["feature_layers"].split(",") if name.strip())
+    model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
+    file_values.pop("model", None)
+    if family is None:
+        from .backbones import model_family
+
+        family = model_family(model, fields.get("motion_adapter") or file_values.get("motion_adapter"))
+    return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate()
+
+
+def chosen(field: str, config_file: Path | None, flags: dict[str, Any]) -> bool:
+    """Whether the user set ``field`` (a flag or the ``--config`` file), not a preset."""
+    flag = next((name for name, target in FLAG_FIELDS.items() if target == field), field)
+    if flags.get(flag) is not None:
+        return True
+    return config_file is not None and field in SMAConfig.read_file(config_file)
+
+
+def check_adapter_path(path: Path, config: SMAConfig, input_path: Path, output: Path) -> None:
+    """``--save-adapter`` needs something to save and a writable ``.safetensors`` path."""
+    if not config.trains:
+        raise UserError("--save-adapter needs a training run: use --mode fine-tune or --mode both (without --adapter)")
+    if path.suffix != ".safetensors":
+        raise UserError(f"--save-adapter {path} must end in .safetensors")
+    if path.is_dir():
+        raise UserError(f"--save-adapter {path} is a directory; give a file name ending in .safetensors")
+    check_writable_folder(path, "--save-adapter")
+    for other in (input_path, output):
+        if path.resolve() == other.resolve():
+            raise UserError(f"--save-adapter {path} would overwrite {other}; choose another path")
+
+
+def check_output_path_record(path: Path, input_path: Path) -> Path:
+    """The JSON beside the output must not clobber the input either."""
+    if path.exists() and input_path.exists() and os.path.samefile(path, input_path):
+        raise UserError(f"the run record {path} would overwrite the input; choose another -o")
+    return path
+
+
+def check_json_path(json_path: Path, protected: tuple[Path, ...] = (), flag: str = "--json") -> None:
+    """A JSON output must be a file name whose folder exists or can be created (it is created when the
+    JSON is written) and must not replace one of ``protected``."""
+    if json_path.is_dir():
+        raise UserError(f"cannot write {flag} {json_path}: it is a folder; give a file name")
+    check_writable_folder(json_path, flag)
+    if any(json_path.resolve() == p.resolve() for p in protected):
+        raise UserError(f"{flag} {json_path} would overwrite a video; choose another path")
+
+
+__all__ = [
+    "FLAG_FIELDS",
+    "Written",
+    "build_config",
+    "check_adapter_path",
+    "check_json_path",
+    "check_output_path_record",
+    "chosen",
+    "comparison_path",
+    "default_output",
+    "record_path",
+    "strip_path",
+    "transfer",
+]
