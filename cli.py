@@ -98,9 +98,11 @@ def main() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Inversion cache. [default: $SMA_GUIDE_CACHE or ~/.cache/sma-guide]")
 @click.option("--mode", type=click.Choice(["zero-shot", "fine-tune", "both"]), help="zero-shot guidance, a motion fine-tune, or both. [default: zero-shot]")
 @click.option("--train-steps", type=int, help="Fine-tune steps (modes fine-tune, both). [default: 400, VMC's; shapes: 60]")
-@click.option("--trainable-modules", help="What the fine-tune trains: vmc (VMC's recipe: the temporal attentions' q/k/v), "
+@click.option("--trainable-modules", help="What the fine-tune trains: vmc (VMC's recipe: the temporal attentions' q/k/v; "
+                                          "Wan: a LoRA on the self-attention's q/k/v from the recorded block on), "
                                           "vmc+transformer_in (ours: also Zeroscope's input temporal transformer) or a "
                                           "regular expression over the denoiser's submodule names. [default: vmc]")
+@click.option("--lora-rank", type=int, help="Wan: rank of the fine-tune's LoRA. [default: 16]")
 @click.option("--train-lambda-global", type=float, help="λg of the fine-tune objective. [default: 0.4]")
 @click.option("--train-lambda-local", type=float, help="λl of the fine-tune objective. [default: 0.2]")
 @click.option("--residual", type=click.Choice(["signed", "abs"]), help="Frame residuals of the fine-tune's spectral terms. [default: signed]")

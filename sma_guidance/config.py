@@ -159,6 +159,9 @@ class SMAConfig:
     # recipe, the temporal attentions' query / key / value projections (AnimateDiff: its motion modules');
     # "vmc+transformer_in" (ours, Zeroscope family): also the UNet3D's input temporal transformer.
     trainable_modules: str = "vmc"
+    # A diffusion transformer (Wan) is fine-tuned through a LoRA of this rank on those projections
+    # (diffusers' add_adapter, peft); the UNet families train the projections themselves.
+    lora_rank: int = 16
     gradient_checkpointing: bool = True
 
     # Half precision (sma_guidance.precision): on a float16 denoiser the guidance and the fine-tune
@@ -335,6 +338,7 @@ class SMAConfig:
         if self.residual not in RESIDUALS:
             raise UserError(f"residual must be one of {', '.join(RESIDUALS)} (got {self.residual!r})")
         _require_int("train_steps", self.train_steps, minimum=1)
+        _require_int("lora_rank", self.lora_rank, minimum=1)
         try:
             re.compile(self.trainable_modules)
         except re.error as err:

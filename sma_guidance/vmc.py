@@ -69,14 +69,65 @@ def motion_distillation_terms(
     Returns:
         ``{"vmc", "global", "local", "total"}``; a term whose λ is 0 is not computed (0-valued).
     """
+    alpha_prod = torch.as_tensor(alpha_prod, dtype=noisy.dtype, device=noisy.device)
+    denoised = (noisy - (1 - alpha_prod).sqrt() * noise_pred) / alpha_prod.sqrt()  # Tweedie's v̂₀
+    return distillation_terms(noise_pred, noise, clean, denoised, lambda_global, lambda_local, residual, levels,
+                              level_weights, wavelet, delta)
+
+
+def flow_estimates(velocity: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise and clean estimates ``(ε̂, x̂₀)`` of a flow-matching model's velocity prediction.
+
+    On the path x_σ = (1 − σ)·x₀ + σ·ε the model predicts v̂ ≈ ε − x₀, so x̂₀ = x_σ − σ·v̂ and
+    ε̂ = x_σ + (1 − σ)·v̂ (each exact when v̂ is). Any shape, σ a scalar."""
+    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
+    return noisy + (1 - sigma) * velocity, noisy - sigma * velocity
+
+
+def flow_motion_distillation_terms(
+    velocity_pred: torch.Tensor,
+    noise: torch.Tensor,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor | float,
+    lambda_global: float = 0.4,
+    lambda_local: float = 0.2,
+    residual: str = "signed",
+    levels: int | None = None,
+    level_weights: tuple[float, ...] | None = None,
+    wavelet: str = "haar",
+    delta: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """The fine-tune objective of one step for a flow-matching model (Wan): as
+    :func:`motion_distillation_terms`, on the noise and clean estimates of its velocity
+    (:func:`flow_estimates`). ``noisy`` is x_σ = (1 − σ)·clean + σ·noise; all ``(B, F, C, H, W)``."""
+    noise_pred, denoised = flow_estimates(velocity_pred, noisy, sigma)
+    return distillation_terms(noise_pred, noise, clean, denoised, lambda_global, lambda_local, residual, levels,
+                              level_weights, wavelet, delta)
+
+
+def distillation_terms(
+    noise_pred: torch.Tensor,
+    noise: torch.Tensor,
+    clean: torch.Tensor,
+    denoised: torch.Tensor,
+    lambda_global: float = 0.4,
+    lambda_local: float = 0.2,
+    residual: str = "signed",
+    levels: int | None = None,
+    level_weights: tuple[float, ...] | None = None,
+    wavelet: str = "haar",
+    delta: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """VMC's residual alignment of ``noise_pred`` with ``noise`` plus SMA's spectral terms between the
+    residuals of ``clean`` and of the model's clean estimate ``denoised`` (paper Algorithm 1); all
+    ``(B, F, C, H, W)``. Returns ``{"vmc", "global", "local", "total"}``; a term whose λ is 0 is 0."""
     if residual not in RESIDUAL_MODES:
         raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
-    alpha_prod = torch.as_tensor(alpha_prod, dtype=noisy.dtype, device=noisy.device)
     vmc = residual_alignment_loss(noise_pred, noise)
     zero = vmc.new_zeros(())
     terms = {"vmc": vmc, "global": zero, "local": zero}
     if lambda_global or lambda_local:
-        denoised = (noisy - (1 - alpha_prod).sqrt() * noise_pred) / alpha_prod.sqrt()  # Tweedie's v̂₀
         ref, pred = frame_residuals(clean), frame_residuals(denoised)
         if residual == "abs":
             ref, pred = ref.abs(), pred.abs()
@@ -88,5 +139,5 @@ def motion_distillation_terms(
     return terms
 
 
-__all__ = ["PREDICTION_TYPES", "RESIDUAL_MODES", "motion_distillation_terms", "noise_from_prediction",
-           "residual_alignment_loss"]
+__all__ = ["PREDICTION_TYPES", "RESIDUAL_MODES", "distillation_terms", "flow_estimates", "flow_motion_distillation_terms",
+           "motion_distillation_terms", "noise_from_prediction", "residual_alignment_loss"]

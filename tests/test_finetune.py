@@ -16,7 +16,7 @@ from diffusers import UNet3DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import pipelines.motion_transfer.pipeline_sma as sma_pipeline_module
+import pipelines.motion_transfer.finetune as finetune_module
 import sma_guidance.vmc as vmc_module
 from conftest import moving_square_frames, quiet_pipeline
 from pipelines.motion_transfer.backbones.zeroscope import ZeroscopeBackbone
@@ -33,7 +33,7 @@ from pipelines.motion_transfer.finetune import (
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 from sma_guidance.spectral import global_motion_loss, local_motion_loss
-from sma_guidance.vmc import motion_distillation_terms, residual_alignment_loss
+from sma_guidance.vmc import flow_motion_distillation_terms, motion_distillation_terms, residual_alignment_loss
 
 # What SMAConfig's default ("vmc") means on the Zeroscope family: VMC's temporal attention q / k / v.
 DEFAULT_PATTERN = ZeroscopeBackbone().trainable_pattern(SMAConfig().trainable_modules)
@@ -228,6 +228,44 @@ def test_objective_is_differentiable_in_the_prediction():
     motion_distillation_terms(noise_pred, noise, clean, noisy, alpha)["total"].backward()
     assert noise_pred.grad is not None
     assert torch.isfinite(noise_pred.grad).all() and noise_pred.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ a flow-matching (velocity) model
+def _flow_inputs(seed=9, sigma=0.63):
+    rng = np.random.default_rng(seed)
+    velocity_pred, noise, clean = video_tensor(rng), video_tensor(rng), video_tensor(rng)
+    noisy = (1 - sigma) * clean + sigma * noise  # Wan's path: x_σ = (1 − σ) x₀ + σ ε
+    return velocity_pred, noise, clean, noisy, sigma
+
+
+@pytest.mark.parametrize("residual", ["signed", "abs"])
+def test_flow_terms_match_independent_computation(residual):
+    """A velocity v̂ gives x̂₀ = x_σ − σ v̂ and ε̂ = x_σ + (1 − σ) v̂: computed by hand in numpy, the VMC
+    cosine over their residuals and the spectral losses of (δx₀, δx̂₀) must equal the objective."""
+    velocity_pred, noise, clean, noisy, sigma = _flow_inputs()
+    terms = flow_motion_distillation_terms(velocity_pred, noise, clean, noisy, sigma, lambda_global=0.4, lambda_local=0.2,
+                                           residual=residual)
+    v = velocity_pred.numpy()
+    noise_hat, clean_hat = noisy.numpy() + (1 - sigma) * v, noisy.numpy() - sigma * v
+    ref, pred = numpy_residuals(clean.numpy()), numpy_residuals(clean_hat)
+    if residual == "abs":
+        ref, pred = np.abs(ref), np.abs(pred)
+    dp, de = numpy_residuals(noise_hat), numpy_residuals(noise.numpy())
+    dp, de = dp.reshape(*dp.shape[:2], -1), de.reshape(*de.shape[:2], -1)
+    vmc = float(np.mean(1 - (dp * de).sum(-1) / (np.linalg.norm(dp, axis=-1) * np.linalg.norm(de, axis=-1))))
+    glob = float(global_motion_loss(torch.from_numpy(ref), torch.from_numpy(pred)))
+    loc = float(local_motion_loss(torch.from_numpy(ref), torch.from_numpy(pred)))
+    expected = {"vmc": vmc, "global": glob, "local": loc, "total": vmc + 0.4 * glob + 0.2 * loc}
+    for key, value in expected.items():
+        assert float(terms[key]) == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert float(terms["global"]) > 0 and float(terms["local"]) > 0
+
+
+def test_the_exact_velocity_gives_zero_flow_objective():
+    _, noise, clean, noisy, sigma = _flow_inputs(seed=10, sigma=0.3)
+    terms = flow_motion_distillation_terms(noise - clean, noise, clean, noisy, sigma)  # v = ε − x₀
+    for key in ("vmc", "global", "local", "total"):
+        assert abs(float(terms[key])) < 1e-9, (key, float(terms[key]))
 
 
 @pytest.mark.parametrize("residual", ["bogus", "ABS", ""])
@@ -582,7 +620,7 @@ def zero_shot_output(pipe, clip, tmp_path_factory):
         def must_not_train(*args, **kwargs):
             raise AssertionError("zero-shot mode without an adapter trained")
 
-        mp.setattr(sma_pipeline_module, "train_motion_adapter", must_not_train)
+        mp.setattr(finetune_module, "train_motion_adapter", must_not_train)
         before = snapshot_params(pipe.unet)
         out = pipe(clip, "a red square", mode="zero-shot", seed=3, train_steps=5, **FAST)
         assert changed_params(pipe.unet, before) == set()
@@ -626,7 +664,7 @@ def no_training(monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a given adapter must skip training")
 
-    monkeypatch.setattr(sma_pipeline_module, "train_motion_adapter", must_not_train)
+    monkeypatch.setattr(finetune_module, "train_motion_adapter", must_not_train)
 
 
 @pytest.mark.parametrize("mode", ["zero-shot", "fine-tune", "both"])
@@ -718,8 +756,8 @@ def test_the_pipeline_fine_tunes_a_velocity_model_on_its_noise_estimate(clip, mo
     pipe = quiet_pipeline("tiny-random")
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
     seen = []
-    real = sma_pipeline_module.train_motion_adapter.__globals__["noise_from_prediction"]
-    monkeypatch.setitem(sma_pipeline_module.train_motion_adapter.__globals__, "noise_from_prediction",
+    real = train_motion_adapter.__globals__["noise_from_prediction"]
+    monkeypatch.setitem(train_motion_adapter.__globals__, "noise_from_prediction",
                         lambda *args: seen.append(args[3]) or real(*args))
     adapter = pipe.train_motion(clip, train_steps=2, num_frames=4)
     assert seen == ["v_prediction"] * 2 and adapter.settings["prediction_type"] == "v_prediction"

@@ -7,17 +7,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 from diffusers import UniPCMultistepScheduler
+from safetensors.torch import load_file
 
 from cli import main
+from conftest import quiet_pipeline, write_moving_square
+from diffusers_layouts import save_wan
 from pipelines import SMAMotionTransferPipeline
 from pipelines.motion_transfer.backbones import model_family
 from pipelines.motion_transfer.backbones.wan import WAN_TRANSFORMER_CONFIG, WanBackbone, build_tiny_t5_tokenizer, build_tiny_wan
+from pipelines.motion_transfer.finetune import applied_adapter
 from pipelines.motion_transfer.samplers import FlowMatchSampler
 from sma_guidance.errors import UserError
 from sma_guidance.memory import checkpoint_units
 from sma_guidance.video_io import read_frames
-
-from conftest import quiet_pipeline, write_moving_square
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,8 @@ def test_cli_runs_end_to_end_with_the_asked_frame_count(clip, tmp_path):
         (["--frames", "16"], r"4k \+ 1 frames.*--frames 13 or 17"),
         (["--frames", "5"], "at least 9 frames"),
         (["--height", "72"], "multiple of 16"),
-        (["--mode", "fine-tune"], "fine-tune mode is not available for Wan"),
+        (["--mode", "fine-tune", "--trainable-modules", "vmc+transformer_in"], "the Zeroscope family's; use vmc"),
+        (["--mode", "fine-tune", "--trainable-modules", "no_such_layer"], "no linear layer of this Wan transformer"),
         (["--attention", "classic"], "use --attention sdpa"),
         (["--levels", "3"], "too deep for Wan's 5 latent frames"),
         (["--inversion-steps", "30"], "multiple of num_inference_steps"),
@@ -290,3 +293,57 @@ def test_flow_sampler_refuses_eta():
     with pytest.raises(UserError, match="needs a DDIM model") as err:
         sampler.check_eta(0.5)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ fine-tune (LoRA)
+def test_the_lora_fine_tune_leaves_the_transformer_as_it_was_and_its_adapter_changes_the_prediction(pipe, clip):
+    before = {name: tensor.clone() for name, tensor in pipe.transformer.state_dict().items()}
+    adapter = pipe.train_motion(clip, "a red circle", train_steps=2, num_frames=9, height=64, width=64)
+    after = pipe.transformer.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[name], before[name]) for name in before)
+    assert adapter.is_lora and adapter.family == "wan" and len(adapter.loss_history) == 2
+    # VMC's recipe on a DiT: q / k / v of the self-attention, from the recorded block (blocks.2 of 4) on.
+    assert adapter.settings["target_modules"] == [f"blocks.{b}.attn1.to_{x}" for b in (2, 3) for x in "qkv"]
+    assert set(adapter.tensors) == {f"blocks.{b}.attn1.to_{x}.lora_{ab}.weight" for b in (2, 3) for x in "qkv" for ab in "AB"}
+    shape = pipe.backbone.latent_shape(pipe, pipe.default_config().replace(num_frames=9, height=64, width=64))
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    embedding = pipe.encode_prompt("a dog")
+    with torch.no_grad():
+        base = pipe.model_prediction(latents, 500.0, embedding)
+        with applied_adapter(pipe.transformer, adapter, pipe.model_name, "wan"):
+            adapted = pipe.model_prediction(latents, 500.0, embedding)
+        assert float((adapted - base).abs().max()) > 0
+        torch.testing.assert_close(pipe.model_prediction(latents, 500.0, embedding), base, rtol=0, atol=0)
+
+
+def test_a_wan_lora_is_refused_on_another_family_in_one_line(pipe, clip, tmp_path):
+    adapter = pipe.train_motion(clip, "a red circle", train_steps=1, num_frames=9, height=64, width=64)
+    path = adapter.save(tmp_path / "wan.safetensors")
+    video = tmp_path / "clip.mp4"
+    write_moving_square(video, num_frames=6)
+    result = CliRunner().invoke(main, [str(video), "--prompt", "x", "--model", "tiny-random", "--adapter", str(path),
+                                       "-o", str(tmp_path / "out.mp4"), "-q"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "wan-family" in lines[0], result.output
+
+
+@pytest.mark.parametrize("layout", ["built-in", "saved by WanPipeline"])
+def test_cli_fine_tunes_saves_and_reuses_a_lora(clip, tmp_path, layout):
+    model = "tiny-random-wan" if layout == "built-in" else str(save_wan(tmp_path / "wan-folder", num_layers=2))
+    adapter = tmp_path / "motion.safetensors"
+    common = [str(clip), "--prompt", "a dog running", "--model", model, "--frames", "9", "--height", "64", "--width", "64", "--steps", "4",
+              "--inversion-steps", "4", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    result = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "tuned.mp4"), "--mode", "fine-tune",
+                                       "--train-steps", "2", "--lora-rank", "4", "--save-adapter", str(adapter)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "tuned.json").read_text())
+    assert len(record["train_loss_history"]) == 2 and record["loss_history"] == []  # fine-tune: no guidance
+    tensors = load_file(str(adapter))
+    assert tensors and all(".lora_A." in name or ".lora_B." in name for name in tensors)  # the LoRA alone
+    assert all(tensor.shape[0] == 4 for name, tensor in tensors.items() if ".lora_A." in name)  # --lora-rank
+    result = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "both.mp4"), "--mode", "both", "--adapter",
+                                       str(adapter), "--optimization-steps", "1"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "both.json").read_text())
+    assert record["adapter"] == str(adapter) and record["train_loss_history"] == [] and len(record["loss_history"]) > 0
+    assert read_frames(tmp_path / "both.mp4")[0].shape == (9, 64, 64, 3)

@@ -29,9 +29,11 @@ from safetensors.torch import save_file
 from sma_guidance.atomic import atomic_write
 from sma_guidance.errors import UserError
 from sma_guidance.precision import LossScale, scaled_backward
-from sma_guidance.vmc import motion_distillation_terms, noise_from_prediction
+from sma_guidance.vmc import flow_motion_distillation_terms, motion_distillation_terms, noise_from_prediction
 
 ADAPTER_FORMAT = "sma-guide-motion-adapter/1"
+# The name of the LoRA a diffusion transformer is fine-tuned or run with (diffusers' add_adapter).
+LORA_NAME = "sma_guide_motion"
 
 
 # ------------------------------------------------------------------------------------------ adapter
@@ -68,6 +70,11 @@ class MotionAdapter:
     loss_history: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     family: str = ""  # the backbone family it was trained on ("" in adapters saved before families existed)
+
+    @property
+    def is_lora(self) -> bool:
+        """A LoRA of a diffusion transformer (its ``lora_A`` / ``lora_B`` tensors), not trained weights."""
+        return "lora_rank" in self.settings
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (atomically) holding only the trained tensors plus metadata."""
@@ -112,7 +119,6 @@ class MotionAdapter:
     def check_compatible(self, unet: torch.nn.Module, base_model: str, family: str = "") -> None:
         """Raise a :class:`UserError` unless the adapter's family (when both are known), every tensor name
         and shape match ``unet``."""
-        params = dict(unet.named_parameters())
         describe = f"the adapter was trained on {self.base_model or 'another model'}, not {base_model}"
         if self.family and family and self.family != family:
             raise UserError(
@@ -122,6 +128,13 @@ class MotionAdapter:
             )
         if self.architecture and self.architecture != architecture_hash(unet):
             raise UserError(f"adapter does not fit this model: {describe} (different UNet architecture)")
+        if self.is_lora:
+            modules = dict(unet.named_modules())
+            missing = [name for name in self.settings.get("target_modules", []) if name not in modules]
+            if missing:
+                raise UserError(f"adapter does not fit this model: {describe} (no layer {missing[0]})")
+            return
+        params = dict(unet.named_parameters())
         for name, tensor in self.tensors.items():
             if name not in params:
                 raise UserError(f"adapter does not fit this model: {describe} (no layer {name})")
@@ -141,6 +154,10 @@ def applied_adapter(
         yield
         return
     adapter.check_compatible(unet, base_model, family)
+    if adapter.is_lora:
+        with _applied_lora(unet, adapter):
+            yield
+        return
     params = dict(unet.named_parameters())
     originals = {name: params[name].detach().clone() for name in adapter.tensors}
     with torch.no_grad():
@@ -152,6 +169,47 @@ def applied_adapter(
         with torch.no_grad():
             for name, tensor in originals.items():
                 params[name].copy_(tensor)
+
+
+def _lora_config(rank: int, target_modules: list[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=True)
+
+
+@contextlib.contextmanager
+def _added_lora(model: torch.nn.Module, rank: int, target_modules: list[str]) -> Iterator[None]:
+    """A fresh LoRA named :data:`LORA_NAME` on ``model`` inside the block (diffusers' ``add_adapter``), removed
+    after it: the base weights are never written."""
+    if not hasattr(model, "add_adapter"):
+        raise UserError(f"a {type(model).__name__} takes no LoRA through diffusers; fine-tune a model of another family")
+    others = bool(getattr(model, "peft_config", None))  # LoRAs the caller loaded stay
+    try:
+        model.add_adapter(_lora_config(rank, target_modules), adapter_name=LORA_NAME)
+    except ImportError:
+        raise UserError("fine-tuning a diffusion transformer needs peft: pip install 'peft>=0.17'") from None
+    try:
+        yield
+    finally:
+        if others:
+            model.delete_adapters(LORA_NAME)
+        else:  # peft's wrappers out as well: the model's modules and state dict are the base's again
+            model.unload_lora()
+
+
+@contextlib.contextmanager
+def _applied_lora(model: torch.nn.Module, adapter: MotionAdapter) -> Iterator[None]:
+    from peft.utils import set_peft_model_state_dict
+
+    with _added_lora(model, int(adapter.settings["lora_rank"]), adapter.settings["target_modules"]):
+        result = set_peft_model_state_dict(model, adapter.tensors, adapter_name=LORA_NAME)
+        unexpected = [key for key in getattr(result, "unexpected_keys", []) if "lora_" in key]
+        if unexpected:
+            raise UserError(f"adapter does not fit this model: its tensor {unexpected[0]} has no place in it")
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(False)  # applied, not trained: no graph through it
+        yield
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -296,6 +354,121 @@ def train_motion_adapter(
     )
 
 
+def train_lora_adapter(
+    transformer: torch.nn.Module,
+    sigmas: torch.Tensor,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    *,
+    target_modules: list[str],
+    rank: int = 16,
+    steps: int = 400,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 1e-2,
+    max_grad_norm: float = 1.0,
+    gradient_checkpointing: bool = True,
+    seed: int = 0,
+    base_model: str = "",
+    family: str = "",
+    num_train_timesteps: int = 1000,
+    unet_call: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int], Any] | None = None,
+    loss_scaling: str = "dynamic",
+    loss_scale: float = 2.0**16,
+    **loss_settings: Any,
+) -> MotionAdapter:
+    """Fine-tune a flow-matching diffusion transformer (Wan) on one clip through a LoRA of ``rank`` on
+    ``target_modules`` (diffusers' ``add_adapter``; peft underneath), and return the LoRA tensors alone.
+
+    Each step draws σ from ``sigmas`` (the scheduler's training sigmas), forms x_σ = (1 − σ)·x₀ + σ·ε,
+    predicts the velocity at timestep σ·``num_train_timesteps`` and minimises
+    :func:`~sma_guidance.vmc.flow_motion_distillation_terms` (VMC's residual alignment on ε̂ = x_σ + (1 − σ)·v̂,
+    SMA's terms on x̂₀ = x_σ − σ·v̂). AdamW on the LoRA weights only, gradient-norm clipping, the model's
+    own gradient checkpointing when asked; the transformer is left as it was (the LoRA is removed).
+
+    Args:
+        latents: the clip's clean latents x₀ ``(1, C, F, h, w)`` as the VAE gives them.
+        encoder_hidden_states: the source prompt's embedding ``(1, L, D)``.
+        unet_call: ``(latents, t, embedding) -> velocity`` as the family calls its transformer.
+        **loss_settings: ``lambda_global``, ``lambda_local``, ``residual``, ``levels``, ``level_weights``,
+            ``wavelet``, ``delta`` of the objective.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    device = latents.device
+    model_dtype = next(transformer.parameters()).dtype
+    half = model_dtype in (torch.float16, torch.bfloat16)
+    if half and device.type != "cuda":
+        raise UserError("fine-tuning a half-precision model needs a GPU; use --dtype float32 on the CPU")
+    forward = unet_call or _plain_call(transformer)
+    was_requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
+    was_checkpointing = bool(getattr(transformer, "is_gradient_checkpointing", False))
+    generator = torch.Generator("cpu").manual_seed(seed)
+    clean = latents.detach().float()
+    sigmas = sigmas.float().cpu()
+    history: list[dict[str, float]] = []
+    bar = progress(steps) if progress else None
+    checkpointing = gradient_checkpointing and getattr(transformer, "_supports_gradient_checkpointing", False)
+    transformer.requires_grad_(False)
+    try:
+        with _added_lora(transformer, rank, target_modules):
+            trainable = [p for name, p in transformer.named_parameters() if "lora_" in name]
+            for param in trainable:
+                param.data = param.data.float()  # float32 master weights for AdamW
+                param.requires_grad_(True)
+            if checkpointing:
+                transformer.enable_gradient_checkpointing()
+            optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+            autocast = torch.autocast(device.type, dtype=model_dtype) if half else contextlib.nullcontext()
+            scale = LossScale.for_run(loss_scaling, loss_scale, model_dtype)
+            for step in range(steps):
+                sigma = float(sigmas[int(torch.randint(0, len(sigmas), (1,), generator=generator))])
+                noise = torch.randn(clean.shape, generator=generator).to(device)
+                noisy = (1 - sigma) * clean + sigma * noise
+
+                def objective() -> dict[str, torch.Tensor]:
+                    with autocast:
+                        velocity = forward(noisy.to(model_dtype), sigma * num_train_timesteps, encoder_hidden_states)
+                    return flow_motion_distillation_terms(
+                        *(_frames_first(x) for x in (velocity.float(), noise, clean, noisy)), sigma, **loss_settings
+                    )
+
+                terms = scaled_backward(objective, trainable, scale)
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                optimizer.step()
+                record = {"step": step, "sigma": sigma, **{k: float(v.detach()) for k, v in terms.items()}}
+                if scale.enabled:
+                    record["loss_scale"] = scale.last
+                history.append(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
+                    bar.update(1)
+            tensors = {name: tensor.detach().clone().cpu()
+                       for name, tensor in get_peft_model_state_dict(transformer, adapter_name=LORA_NAME).items()}
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+        if checkpointing and not was_checkpointing:
+            transformer.disable_gradient_checkpointing()
+        for name, param in transformer.named_parameters():
+            param.requires_grad_(was_requires_grad.get(name, False))
+            param.grad = None
+    settings = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "max_grad_norm": max_grad_norm,
+        "lora_rank": rank,
+        "target_modules": list(target_modules),
+        "seed": seed,
+        "prediction_type": "flow",
+        "loss_scaling": loss_scaling if scale.enabled else "off",
+        **loss_settings,
+    }
+    return MotionAdapter(tensors=tensors, base_model=base_model, architecture=architecture_hash(transformer),
+                         loss_history=history, settings=settings, family=family)
+
+
 @torch.no_grad()
 def evaluate_motion_objective(
     unet: torch.nn.Module,
@@ -345,6 +518,7 @@ __all__ = [
     "applied_adapter",
     "architecture_hash",
     "evaluate_motion_objective",
+    "train_lora_adapter",
     "train_motion_adapter",
     "trainable_parameter_names",
 ]

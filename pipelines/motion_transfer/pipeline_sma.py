@@ -49,7 +49,7 @@ from sma_guidance.video_io import DEFAULT_FPS, Clip, read_clip, resize_and_crop,
 from . import optimization
 from .backbones import BACKBONES, Backbone, backbone_of, model_family
 from .backbones.zeroscope import TINY_RANDOM
-from .finetune import MotionAdapter, applied_adapter, train_motion_adapter
+from .finetune import MotionAdapter, applied_adapter
 from .inversion import InversionCache, inversion_cache_key, model_fingerprint, public_config
 from .loading import load_pipeline, resolve_device, resolve_dtype
 from .optimization import frozen
@@ -407,30 +407,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------ fine-tuning
     def _train_adapter(self, frames: torch.Tensor, source_embedding: torch.Tensor, config: SMAConfig) -> MotionAdapter:
         advise_on_source_prompt(config)
-        return train_motion_adapter(
-            self.unet,
-            self.scheduler.alphas_cumprod,
-            self.encode_video(frames, config.vae_batch_size),
-            source_embedding,
-            steps=config.train_steps,
-            learning_rate=config.train_learning_rate,
-            weight_decay=config.train_weight_decay,
-            max_grad_norm=config.train_max_grad_norm,
-            trainable_modules=self.backbone.trainable_pattern(config.trainable_modules),
-            gradient_checkpointing=config.gradient_checkpointing,
-            seed=config.seed,
-            base_model=self.model_name,
-            family=self.backbone.name,
-            unet_call=self.model_prediction,
-            progress=lambda total: self._progress(total, "Motion fine-tune"),
-            prediction_type=self.scheduler.config.prediction_type,
-            lambda_global=config.train_lambda_global,
-            lambda_local=config.train_lambda_local,
-            residual=config.residual,
-            loss_scaling=config.loss_scaling,
-            loss_scale=config.loss_scale,
-            **config.spectral_settings,
-        )
+        return self.backbone.train_adapter(self, self.encode_video(frames, config.vae_batch_size), source_embedding, config,
+                                           progress=lambda total: self._progress(total, "Motion fine-tune"))
 
     def train_motion(
         self, video: VideoInput, source_prompt: str | None = None, config: SMAConfig | None = None, **config_overrides: Any

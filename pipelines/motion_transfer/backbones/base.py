@@ -190,6 +190,40 @@ class Backbone:
         """A scheduler of this family's kind with its usual settings (for a model built from configurations)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------- fine-tune
+    def train_adapter(self, pipe: Any, latents: torch.Tensor, embedding: torch.Tensor, config: Any,
+                      progress: Callable[[int], Any] | None = None) -> Any:
+        """The motion fine-tune of ``pipe``'s denoiser on the clip's latents ``(1, C, F, h, w)`` with the source
+        prompt's ``embedding``: VMC's recipe plus SMA's terms on the projections of ``config.trainable_modules``
+        (:func:`~pipelines.motion_transfer.finetune.train_motion_adapter`). Returns the
+        :class:`~pipelines.motion_transfer.finetune.MotionAdapter`; the model is left as it was."""
+        from ..finetune import train_motion_adapter
+
+        return train_motion_adapter(
+            pipe.denoiser,
+            pipe.scheduler.alphas_cumprod,
+            latents,
+            embedding,
+            steps=config.train_steps,
+            learning_rate=config.train_learning_rate,
+            weight_decay=config.train_weight_decay,
+            max_grad_norm=config.train_max_grad_norm,
+            trainable_modules=self.trainable_pattern(config.trainable_modules),
+            gradient_checkpointing=config.gradient_checkpointing,
+            seed=config.seed,
+            base_model=pipe.model_name,
+            family=self.name,
+            unet_call=pipe.model_prediction,
+            progress=progress,
+            prediction_type=pipe.scheduler.config.prediction_type,
+            lambda_global=config.train_lambda_global,
+            lambda_local=config.train_lambda_local,
+            residual=config.residual,
+            loss_scaling=config.loss_scaling,
+            loss_scale=config.loss_scale,
+            **config.spectral_settings,
+        )
+
     # ------------------------------------------------------------------------- loading
     def load(self, pipeline_cls: type, model: str, index: dict[str, Any], torch_dtype: torch.dtype | None,
              motion_adapter: str | None, **kwargs: Any) -> Any:

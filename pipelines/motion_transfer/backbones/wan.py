@@ -19,6 +19,7 @@ What differs from the UNet families:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -168,7 +169,7 @@ class WanBackbone(Backbone):
         return int(getattr(vae.config, "scale_factor_spatial", None) or 8)
 
     def check(self, pipe: Any, config: Any) -> None:
-        """Frames 4k + 1, sides on the patch grid, zero-shot only, Haar levels within the latent frames."""
+        """Frames 4k + 1, sides on the patch grid, the fine-tune's targets, Haar levels within the latent frames."""
         vae, transformer = pipe.vae, pipe.denoiser
         factor = self.temporal_factor(vae)
         if (config.num_frames - 1) % factor:
@@ -191,10 +192,8 @@ class WanBackbone(Backbone):
                     f"{side} must be a multiple of {multiple} for Wan (VAE 8x, then {patch[1]}x{patch[2]} patches), "
                     f"got {value}; try {max(multiple, round(value / multiple) * multiple)}"
                 )
-        if config.mode != "zero-shot" or config.adapter:
-            raise UserError(
-                "fine-tune mode is not available for Wan yet (a LoRA on its attention is planned); use --mode zero-shot"
-            )
+        if config.trains:
+            self.lora_targets(transformer, config)  # a pattern that names nothing fails before any work
         if config.attention != "sdpa":
             raise UserError(
                 "attention 'classic' is not available for Wan (its own attention applies rotary embeddings); "
@@ -226,6 +225,62 @@ class WanBackbone(Backbone):
         if not blocks:
             raise UserError("this Wan transformer has no blocks to record; name the layers with --feature-layers")
         return (f"blocks.{blocks // 2}",)
+
+    # ------------------------------------------------------------------------- fine-tune
+    def lora_targets(self, transformer: torch.nn.Module, config: Any) -> list[str]:
+        """The linear layers the fine-tune's LoRA adapts: for ``trainable_modules="vmc"`` VMC's recipe on a DiT,
+        the self-attention's q / k / v (``attn1.to_q/k/v``: Wan attends over space and time at once) of the
+        blocks from the first recorded one on; otherwise the linear layers whose names match the pattern."""
+        names = [name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)]
+        if config.trainable_modules == "vmc":
+            recorded = [int(layer.split(".")[1]) for layer in config.feature_layers or ()
+                        if layer.startswith("blocks.") and layer.split(".")[1].isdigit()]
+            first = min(recorded, default=len(transformer.blocks) // 2)
+            pattern = r"^blocks\.(\d+)\.attn1\.to_[qkv]$"
+            chosen = [n for n in names if (m := re.match(pattern, n)) and int(m.group(1)) >= first]
+        elif config.trainable_modules == "vmc+transformer_in":
+            raise UserError("trainable_modules 'vmc+transformer_in' is the Zeroscope family's; use vmc for Wan")
+        else:
+            chosen = [n for n in names if re.search(config.trainable_modules, n)]
+        if not chosen:
+            raise UserError(f"no linear layer of this Wan transformer matches trainable_modules={config.trainable_modules!r}")
+        return chosen
+
+    def train_adapter(self, pipe: Any, latents: torch.Tensor, embedding: torch.Tensor, config: Any,
+                      progress: Any = None) -> Any:
+        """The fine-tune of a flow-matching DiT: a LoRA (rank ``config.lora_rank``) on :meth:`lora_targets`,
+        trained on VMC's and SMA's objective written for the velocity
+        (:func:`~pipelines.motion_transfer.finetune.train_lora_adapter`), σ drawn from the sampler's
+        shifted training sigmas."""
+        from ..finetune import train_lora_adapter
+
+        sampler = pipe.sampler
+        sigmas = torch.tensor(sampler.sigmas(sampler.num_train_timesteps)[:-1])
+        return train_lora_adapter(
+            pipe.denoiser,
+            sigmas,
+            latents,
+            embedding,
+            target_modules=self.lora_targets(pipe.denoiser, config),
+            rank=config.lora_rank,
+            steps=config.train_steps,
+            learning_rate=config.train_learning_rate,
+            weight_decay=config.train_weight_decay,
+            max_grad_norm=config.train_max_grad_norm,
+            gradient_checkpointing=config.gradient_checkpointing,
+            seed=config.seed,
+            base_model=pipe.model_name,
+            family=self.name,
+            num_train_timesteps=sampler.num_train_timesteps,
+            unet_call=pipe.model_prediction,
+            progress=progress,
+            lambda_global=config.train_lambda_global,
+            lambda_local=config.train_lambda_local,
+            residual=config.residual,
+            loss_scaling=config.loss_scaling,
+            loss_scale=config.loss_scale,
+            **config.spectral_settings,
+        )
 
     # ------------------------------------------------------------------------- model calls
     def unet_call(self, unet: torch.nn.Module, latents: torch.Tensor, t: float, embedding: torch.Tensor) -> torch.Tensor:
