@@ -308,18 +308,9 @@ def train_motion_adapter(
                     *(_frames_first(x) for x in (noise_pred.float(), noise, clean, noisy)), alpha_prod, **loss_settings
                 )
 
-            # A float16 model's gradients are scaled through its backward and divided back on the float32
-            # master weights, so clipping and AdamW see the true gradient.
-            terms = scaled_backward(objective, trainable, scale)
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            optimizer.step()
-            record = {"step": step, "timestep": t, **{k: float(v.detach()) for k, v in terms.items()}}
-            if scale.enabled:
-                record["loss_scale"] = scale.last
+            record = {"step": step, "timestep": t, **_train_step(objective, trainable, optimizer, scale, max_grad_norm)}
             history.append(record)
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
-                bar.update(1)
+            _advance(bar, record)
         tensors = {name: params[name].detach().to(model_dtype).clone().cpu() for name in names}
     finally:
         if bar is not None and hasattr(bar, "close"):
@@ -433,16 +424,9 @@ def train_lora_adapter(
                         *(_frames_first(x) for x in (velocity.float(), noise, clean, noisy)), sigma, **loss_settings
                     )
 
-                terms = scaled_backward(objective, trainable, scale)
-                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-                optimizer.step()
-                record = {"step": step, "sigma": sigma, **{k: float(v.detach()) for k, v in terms.items()}}
-                if scale.enabled:
-                    record["loss_scale"] = scale.last
+                record = {"step": step, "sigma": sigma, **_train_step(objective, trainable, optimizer, scale, max_grad_norm)}
                 history.append(record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
-                    bar.update(1)
+                _advance(bar, record)
             tensors = {name: tensor.detach().clone().cpu()
                        for name, tensor in get_peft_model_state_dict(transformer, adapter_name=LORA_NAME).items()}
     finally:
@@ -467,6 +451,26 @@ def train_lora_adapter(
     }
     return MotionAdapter(tensors=tensors, base_model=base_model, architecture=architecture_hash(transformer),
                          loss_history=history, settings=settings, family=family)
+
+
+def _train_step(objective: Callable[[], dict[str, torch.Tensor]], trainable: list[torch.Tensor],
+                optimizer: torch.optim.Optimizer, scale: LossScale, max_grad_norm: float) -> dict[str, float]:
+    """One optimizer step on ``trainable`` down ``objective()["total"]``: a float16 model's gradients are
+    scaled through its backward and divided back on the float32 master weights, so clipping and the
+    optimizer see the true gradient. Returns the terms (and the loss scale used, when one is)."""
+    terms = scaled_backward(objective, trainable, scale)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    record = {key: float(value.detach()) for key, value in terms.items()}
+    if scale.enabled:
+        record["loss_scale"] = scale.last
+    return record
+
+
+def _advance(bar: Any, record: dict[str, float]) -> None:
+    if bar is not None:
+        bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
+        bar.update(1)
 
 
 @torch.no_grad()
