@@ -187,7 +187,7 @@ def _added_lora(model: torch.nn.Module, rank: int, target_modules: list[str]) ->
     try:
         model.add_adapter(_lora_config(rank, target_modules), adapter_name=LORA_NAME)
     except ImportError:
-        raise UserError("fine-tuning a diffusion transformer needs peft: pip install 'peft>=0.17'") from None
+        raise UserError("fine-tuning a diffusion transformer needs peft: pip install 'peft>=0.18'") from None
     try:
         yield
     finally:
