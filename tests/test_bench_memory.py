@@ -110,3 +110,28 @@ def test_an_estimate_leaves_no_shape_only_tensors_behind():
     residuals = torch.randn(1, 5, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     loss = spectral.global_motion_loss(residuals, torch.zeros_like(residuals))
     assert torch.isfinite(loss) and float(loss) > 0
+
+
+def test_the_wan_lora_step_estimate_counts_on_fake_tensors_what_real_ones_hold():
+    from pipelines.bench.memory import _fake_pipeline, estimate_fine_tune_memory, lora_step_memory
+    from pipelines.motion_transfer.backbones.wan import flow_scheduler
+
+    # The estimate's own components built on real tensors (its placeholder tokenizer pads to Wan's 512 tokens).
+    scheduler = flow_scheduler()
+    pipe = _fake_pipeline(component_configs("tiny-random-wan"), torch.float32, scheduler)
+    config = pipe.with_feature_layers(SMAConfig.for_model("tiny-random-wan", family="wan", num_frames=9, height=64,
+                                                          width=64, mode="fine-tune")).validate()
+    real = lora_step_memory(pipe, config, gradient_checkpointing=True)
+    record = estimate_fine_tune_memory("tiny-random-wan", config, torch.float32)
+    on, off = record["gradient_checkpointing"]["on"], record["gradient_checkpointing"]["off"]
+    assert real["step"] > 0 and on["step"] == pytest.approx(real["step"], rel=0.01) and on["trainable"] == real["trainable"]
+    # rank 16 on q / k / v of blocks 2-3 (width 16): A and B in float32, with a gradient and two AdamW moments
+    assert on["trainable"] == 4 * 4 * 6 * (16 * 16 + 16 * 16)
+    assert off["step"] > on["step"]  # the checkpointed blocks keep only their inputs
+
+
+def test_the_fine_tune_estimate_of_a_unet_model_is_one_error_line(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "memory", "--model", "tiny-random", "--fine-tune", "--output",
+                                       str(tmp_path / "m.json")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "diffusion transformer (Wan)" in lines[0], result.output

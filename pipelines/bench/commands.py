@@ -223,17 +223,20 @@ def bench_speed(
 @click.option("--attention", type=click.Choice(["sdpa", "classic"]), help="[default: the config's, sdpa]")
 @click.option("--vae-batch-size", type=click.IntRange(min=1), help="[default: the config's, 1]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON of SMAConfig fields over the preset.")
+@click.option("--fine-tune", is_flag=True, help="Wan: the LoRA fine-tune step instead, with and without gradient checkpointing.")
 @click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path("bench_memory.json"), show_default=True)
 @reports_user_errors
 def bench_memory(
     model: str, motion_adapter: str | None, frames: int | None, height: int | None, width: int | None, dtype: str, attention: str | None,
-    vae_batch_size: int | None, config_file: Path | None, json_path: Path,
+    vae_batch_size: int | None, config_file: Path | None, fine_tune: bool, json_path: Path,
 ) -> None:
     """Estimate a run's GPU memory at any size without a GPU or weights, for each activation-checkpointing
     choice (fake tensors; a lower bound); prints a markdown table, writes JSON."""
     import torch
 
-    from pipelines.bench.memory import component_configs, estimate_memory, memory_table
+    from pipelines.bench.memory import (
+        component_configs, estimate_fine_tune_memory, estimate_memory, fine_tune_table, memory_table,
+    )
 
     check_json_path(json_path, flag="--output")
     overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
@@ -244,6 +247,12 @@ def bench_memory(
         num_frames=frames, height=height, width=width, attention=attention, vae_batch_size=vae_batch_size,
         motion_adapter=motion_adapter,
     ).validate()
+    if fine_tune:
+        record = estimate_fine_tune_memory(model, config, getattr(torch, dtype), configs=configs)
+        write_json(json_path, record)
+        click.echo(fine_tune_table(record))
+        click.echo(f"\nwrote {json_path}")
+        return
     record = estimate_memory(model, config, getattr(torch, dtype), configs=configs)
     write_json(json_path, record)
     click.echo(memory_table(record))

@@ -258,6 +258,99 @@ def estimate_memory(
     }
 
 
+def lora_step_memory(pipe: SMAMotionTransferPipeline, config: SMAConfig, gradient_checkpointing: bool) -> dict[str, int]:
+    """Bytes of one LoRA fine-tune step of a diffusion transformer (Wan) at ``config``'s size: the forward
+    and backward of the velocity objective at σ = 0.5, with the model's own gradient checkpointing or not.
+
+    peft cannot wrap layers of shape-only tensors, so the LoRA is a stand-in with its cost: forward hooks
+    add (x·A)·B of rank ``config.lora_rank`` on the targets the fine-tune adapts (float32 A, B, as peft
+    keeps them). Returns ``{"step": activations' peak, "trainable": the LoRA with its gradient and AdamW's
+    two moments}``. Works on real components as on fake ones."""
+    from sma_guidance.vmc import flow_motion_distillation_terms
+
+    denoiser = pipe.denoiser
+    targets = pipe.backbone.lora_targets(denoiser, config)
+    modules = dict(denoiser.named_modules())
+    latents = torch.zeros(pipe.backbone.latent_shape(pipe, config))
+    embedding = pipe.encode_prompt("a benchmark prompt")
+    weights = [*denoiser.parameters(), *denoiser.buffers()]
+    lora, hooks = [], []
+    was_checkpointing = bool(getattr(denoiser, "is_gradient_checkpointing", False))
+    requires_grad = {name: p.requires_grad for name, p in denoiser.named_parameters()}
+    denoiser.requires_grad_(False)
+    try:
+        for name in targets:
+            layer = modules[name]
+            down = torch.zeros(layer.in_features, config.lora_rank, requires_grad=True)
+            up = torch.zeros(config.lora_rank, layer.out_features, requires_grad=True)
+            lora += [down, up]
+            hooks.append(layer.register_forward_hook(
+                lambda _, inputs, output, down=down, up=up: output + ((inputs[0].float() @ down) @ up).to(output.dtype)
+            ))
+        if gradient_checkpointing and getattr(denoiser, "_supports_gradient_checkpointing", False):
+            denoiser.enable_gradient_checkpointing()
+        counter = TensorMemory().exclude([*weights, latents, embedding, *lora])
+        with counter, torch.enable_grad():
+            noisy = latents.to(denoiser.dtype)
+            velocity = pipe.model_prediction(noisy, 0.5 * pipe.sampler.num_train_timesteps, embedding)
+            frames_first = [x.permute(0, 2, 1, 3, 4).float() for x in (velocity, latents, latents, latents)]
+            terms = flow_motion_distillation_terms(*frames_first, 0.5, lambda_global=config.train_lambda_global,
+                                                   lambda_local=config.train_lambda_local, **config.spectral_settings)
+            terms["total"].backward()
+            del terms, velocity, frames_first
+    finally:
+        for hook in hooks:
+            hook.remove()
+        if not was_checkpointing and getattr(denoiser, "is_gradient_checkpointing", False):
+            denoiser.disable_gradient_checkpointing()
+        for name, param in denoiser.named_parameters():
+            param.requires_grad_(requires_grad[name])
+    return {"step": counter.peak, "trainable": 4 * sum(p.numel() * p.element_size() for p in lora)}
+
+
+def estimate_fine_tune_memory(model: str, config: SMAConfig, dtype: torch.dtype,
+                              configs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Estimated GPU memory of the LoRA fine-tune of a diffusion transformer (Wan) at ``config``'s size, with
+    and without gradient checkpointing: the denoiser's weights (the text encoder is moved off after encoding,
+    the VAE stays), the LoRA with its optimizer state, one step's activations."""
+    configs = configs or component_configs(model, config.motion_adapter)
+    backbone = BACKBONES[configs["family"]]
+    if not hasattr(backbone, "lora_targets"):
+        raise UserError(f"the fine-tune estimate covers the LoRA of a diffusion transformer (Wan); {model} is a "
+                        f"{configs['family']}-family UNet")
+    scheduler = backbone.default_scheduler()
+    sampler = sampler_for(scheduler)
+    columns = {}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        pipe = _fake_pipeline(configs, dtype, scheduler)
+        pipe.sampler = sampler
+        config = pipe.with_feature_layers(config).replace(mode="fine-tune")
+        backbone.check(pipe, config)
+        weights = _bytes(pipe.denoiser) + _bytes(pipe.vae)  # the text encoder is moved off after encoding
+        for checkpointing in (True, False):
+            parts = lora_step_memory(pipe, config, checkpointing)
+            columns["on" if checkpointing else "off"] = {**parts, "peak_bytes": weights + parts["trainable"] + parts["step"]}
+    return {"model": model, "family": configs["family"], "frames": config.num_frames, "height": config.height,
+            "width": config.width, "dtype": str(dtype).replace("torch.", ""), "lora_rank": config.lora_rank,
+            "lora_targets": len(backbone.lora_targets(pipe.denoiser, config)), "weights_bytes": weights,
+            "method": "tensor bytes counted on fake (shape-only) tensors, the LoRA as hooks of its shape",
+            "gradient_checkpointing": columns}
+
+
+def fine_tune_table(record: dict[str, Any]) -> str:
+    """The fine-tune estimate as markdown, GiB, one column per gradient-checkpointing choice."""
+    columns = record["gradient_checkpointing"]
+    lines = [f"{record['model']} · LoRA fine-tune step · {record['frames']} × {record['height']} × {record['width']} · "
+             f"{record['dtype']} · rank {record['lora_rank']} on {record['lora_targets']} layers · estimated on fake "
+             f"tensors (a lower bound)", "",
+             "| GiB | " + " | ".join(f"gradient checkpointing {c}" for c in columns) + " |", "|---|" + "---:|" * len(columns),
+             "| weights on the GPU (denoiser, VAE) | " + " | ".join(f"{record['weights_bytes'] / _GIB:.2f}" for _ in columns) + " |",
+             "| LoRA + gradient + AdamW | " + " | ".join(f"{c['trainable'] / _GIB:.3f}" for c in columns.values()) + " |",
+             "| one step's activations | " + " | ".join(f"{c['step'] / _GIB:.2f}" for c in columns.values()) + " |",
+             "| **peak** | " + " | ".join(f"**{c['peak_bytes'] / _GIB:.2f}**" for c in columns.values()) + " |"]
+    return "\n".join(lines)
+
+
 def memory_table(record: dict[str, Any]) -> str:
     """The estimate as markdown: one column per checkpointing choice, GiB."""
     choices = list(record["checkpointing"])
@@ -283,4 +376,5 @@ def memory_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["component_configs", "estimate_memory", "memory_table", "stage_memory", "stage_memory_by_checkpointing"]
+__all__ = ["component_configs", "estimate_fine_tune_memory", "estimate_memory", "fine_tune_table", "lora_step_memory",
+           "memory_table", "stage_memory", "stage_memory_by_checkpointing"]
