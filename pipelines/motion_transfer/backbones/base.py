@@ -204,18 +204,25 @@ class Backbone:
             pipe.scheduler.alphas_cumprod,
             latents,
             embedding,
+            trainable_modules=self.trainable_pattern(config.trainable_modules),
+            prediction_type=pipe.scheduler.config.prediction_type,
+            **self.fine_tune_settings(pipe, config, progress),
+        )
+
+    def fine_tune_settings(self, pipe: Any, config: Any, progress: Callable[[int], Any] | None) -> dict[str, Any]:
+        """What every family's fine-tune takes from ``config`` and ``pipe``: steps, optimizer, checkpointing,
+        seed, the objective's weights and spectral settings, the loss scale, and the adapter's provenance."""
+        return dict(
             steps=config.train_steps,
             learning_rate=config.train_learning_rate,
             weight_decay=config.train_weight_decay,
             max_grad_norm=config.train_max_grad_norm,
-            trainable_modules=self.trainable_pattern(config.trainable_modules),
             gradient_checkpointing=config.gradient_checkpointing,
             seed=config.seed,
             base_model=pipe.model_name,
             family=self.name,
             unet_call=pipe.model_prediction,
             progress=progress,
-            prediction_type=pipe.scheduler.config.prediction_type,
             lambda_global=config.train_lambda_global,
             lambda_local=config.train_lambda_local,
             residual=config.residual,
