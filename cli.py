@@ -73,6 +73,12 @@ def main() -> None:
 @click.option("--start", type=float, help="Seconds of the input skipped before the part used. [default: 0]")
 @click.option("--duration", type=float, help="Seconds of the input used from --start on; only those frames are decoded. "
                                              "[default: to the end]")
+@click.option("--window", type=int, help="Frames the model sees at once; a longer clip is sampled in overlapping windows, "
+                                         "cross-faded. [default: the family's native clip: 24; AnimateDiff 16; Wan 81; shapes 8]")
+@click.option("--overlap", type=int, help="Frames shared by consecutive windows. [default: a quarter of --window]")
+@click.option("--mask", type=click.Path(path_type=Path), help="Whose motion to transfer: an image, a video or an image folder "
+                                                              "(one per frame), white on the subject.")
+@click.option("--mask-box", metavar="X0,Y0,X1,Y1", help="The subject as a box in pixels of the input (instead of --mask).")
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")

@@ -72,6 +72,11 @@ class SMAConfig:
     # the end. Only the frames the resampling keeps are decoded, so a long clip costs no more memory.
     start: float = 0.0
     duration: float | None = None
+    # Clips longer than the model's native window are sampled in overlapping temporal windows of `window`
+    # frames (None: the whole clip at once; the family presets set their native window), consecutive ones
+    # sharing `overlap` frames (None: a quarter of the window), cross-faded at every step (FreeNoise).
+    window: int | None = None
+    overlap: int | None = None
 
     # Prompts. The source prompt conditions the inversion and the reference features.
     source_prompt: str = ""
@@ -144,6 +149,15 @@ class SMAConfig:
     # attention on the clip, then sample), or "both" (the adapted model with zero-shot guidance).
     mode: str = "zero-shot"
     adapter: str | None = None  # a saved motion adapter to apply (skips training in every mode)
+    # Whose motion to transfer: a mask file (image, video or image folder, white on the subject) or a box
+    # X0, Y0, X1, Y1 in the input's pixels. DMT's term pools over it, SMA's terms weight the residuals by
+    # it, and the initial latent keeps the inversion only inside it.
+    mask: str | None = None
+    mask_box: tuple[float, float, float, float] | None = None
+    # Latent cells around the mask where the initial latent still keeps the inversion: a subject's latent
+    # reaches past its outline, and cut at the outline the model loses it (pipelines/bench/RESULTS.md, "Subject
+    # masks": 0 cells lost the masked object on the shapes model, 2 kept it).
+    mask_margin: int = 2
 
     # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1): VMC's 400
     # steps (SMA: 400-500) on its trainable set.
@@ -210,7 +224,7 @@ class SMAConfig:
                 f"(see `sma-guide --help`)"
             )
         values = dict(values)
-        for key in ("feature_layers", "level_weights"):
+        for key in ("feature_layers", "level_weights", "mask_box"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -242,7 +256,7 @@ class SMAConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("feature_layers", "level_weights"):
+        for key in ("feature_layers", "level_weights", "mask_box"):
             if data[key] is not None:
                 data[key] = list(data[key])
         return data
@@ -268,6 +282,21 @@ class SMAConfig:
     def spectral_settings(self) -> dict[str, Any]:
         """The spectral terms' shape settings, shared by the zero-shot and fine-tune objectives."""
         return {"levels": self.levels, "level_weights": self.level_weights, "wavelet": self.wavelet, "delta": self.delta}
+
+    @property
+    def overlap_frames(self) -> int:
+        """Frames shared by consecutive windows: ``overlap``, or a quarter of the window."""
+        return self.overlap if self.overlap is not None else (self.window or self.num_frames) // 4
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the clip is longer than the window, so it is sampled in several."""
+        return self.window is not None and self.num_frames > self.window
+
+    @property
+    def window_frames(self) -> int:
+        """Frames the model sees at once: the window's, or the clip's when it fits."""
+        return self.window if self.windowed else self.num_frames
 
     @property
     def trains(self) -> bool:
@@ -361,22 +390,49 @@ class SMAConfig:
         _require_int("vae_batch_size", self.vae_batch_size, minimum=1)
         if not isinstance(self.vae_tiling, bool):
             raise UserError(f"vae_tiling must be true or false (got {self.vae_tiling!r})")
+        self._validate_windows()
+        if self.mask is not None and self.mask_box is not None:
+            raise UserError("give the subject as a mask file or as a box, not both (--mask or --mask-box)")
+        _require_int("mask_margin", self.mask_margin, minimum=0)
+        if self.mask_box is not None:
+            if len(self.mask_box) != 4:
+                raise UserError(f"mask_box is X0,Y0,X1,Y1 in pixels of the input (4 numbers), got {len(self.mask_box)}")
+            for value in self.mask_box:
+                _require_float("mask_box", value, positive=False)
         self._validate_levels()
         return self
+
+    def _validate_windows(self) -> None:
+        if self.window is not None:
+            _require_int("window", self.window, minimum=3)
+        if self.overlap is not None:
+            _require_int("overlap", self.overlap, minimum=0)
+        if self.windowed:
+            if self.overlap_frames >= self.window:
+                raise UserError(
+                    f"overlap must be below the window ({self.window} frames), got {self.overlap_frames}; "
+                    f"try --overlap {self.window // 4}"
+                )
+            if self.trains:
+                raise UserError(
+                    f"the fine-tune trains on one window of {self.window} frames and the clip has {self.num_frames}; "
+                    f"pass --frames {self.window} or fewer, or --mode zero-shot (which samples in windows)"
+                )
 
     def _validate_levels(self) -> None:
         from .spectral import max_wavelet_level
 
+        frames = self.window_frames  # the wavelet runs over one window's residuals
         try:
-            deepest = max_wavelet_level(self.num_frames - 1, self.wavelet)
+            deepest = max_wavelet_level(frames - 1, self.wavelet)
         except ValueError as err:
             raise UserError(f"unknown wavelet {self.wavelet!r}: {err}") from None
         if self.levels is not None:
             _require_int("levels", self.levels, minimum=1)
             if self.levels > deepest:
                 raise UserError(
-                    f"--levels {self.levels} is too deep for {self.num_frames} frames "
-                    f"({self.num_frames - 1} residuals allow at most {deepest}); pass --levels {deepest} or fewer"
+                    f"--levels {self.levels} is too deep for {frames} frames "
+                    f"({frames - 1} residuals allow at most {deepest}); pass --levels {deepest} or fewer"
                 )
         levels = self.levels or deepest
         if self.level_weights is not None:
@@ -418,8 +474,10 @@ def _require_unit_interval(name: str, value: Any, low: str = "0", high: str = "1
 # Per-family overrides of the defaults above (the family is detected from the model's own
 # model_index.json, see pipelines/motion_transfer/backbones). Zeroscope uses the defaults as they are.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
-    "zeroscope": {},
+    # Longer clips go in windows of the family's native clip: Zeroscope's 24 frames.
+    "zeroscope": {"window": 24},
     "animatediff": {
+        "window": 16,
         # AnimateDiff's native clip: 16 frames of 512 x 512 (its motion modules were trained on 16).
         "num_frames": 16,
         "height": 512,
@@ -431,6 +489,7 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
         # card with block checkpointing (pipelines/bench/RESULTS.md, "Wan 2.1": 13.8 GiB at 49 or 81 frames, the peak being the
         # prompt encoding while UMT5-XXL is on the GPU).
         "num_frames": 81,
+        "window": 81,
         "height": 480,
         "width": 832,
         "guidance_scale": 5.0,  # WanPipeline's default
@@ -465,6 +524,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # vocabulary has no words for DMT's negative prompt.
     "shapes": {
         "num_frames": 8,
+        "window": 8,  # the clips it was trained on
         "height": 64,
         "width": 64,
         "negative_prompt": "",

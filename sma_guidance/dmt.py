@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .masks import masked_mean, residual_weights
 from .spectral import _batched, frame_residuals, global_motion_loss, local_motion_loss
 
 __all__ = ["dmt_loss", "initial_latent", "low_pass_size", "sma_objective", "sma_objective_terms"]
@@ -22,16 +23,23 @@ def _frame_pairs(frames, device):
     return i, j
 
 
-def dmt_loss(ref_features, pred_features):
+def _pooled(features, mask):
+    """``(B, F, C, H, W)`` -> ``(B, F, C)``: the mean over space, or over the subject ``mask`` ``(F, H, W)``."""
+    return features.mean(dim=(-2, -1)) if mask is None else masked_mean(features, mask)
+
+
+def dmt_loss(ref_features, pred_features, mask=None):
     """DMT space-time feature loss: align pairwise frame differences of pooled features.
 
-    Features are averaged over ``(H, W)`` to ``f`` of shape ``(B, F, C)``; for each anchor ``i``
+    Features are averaged over ``(H, W)`` (with a subject ``mask``, over the mask: a weighted mean) to
+    ``f`` of shape ``(B, F, C)``; for each anchor ``i``
     and other frame ``j ≠ i``, ``Δ = f_j - f_i``, and the loss is the mean over ``(b, i, j)`` of
     ``1 - cos(Δ_pred, Δ_ref)`` along ``C``. The ``i = j`` pairs are left out: their Δ is 0 for
     both videos, so they would only add a constant.
 
     Args:
         ref_features, pred_features: ``(F, C, H, W)`` or ``(B, F, C, H, W)``, ``F >= 2``.
+        mask: ``None``, or the subject's weights ``(F, H, W)`` in [0, 1] on the features' grid.
 
     Returns:
         Scalar tensor.
@@ -41,8 +49,8 @@ def dmt_loss(ref_features, pred_features):
             "ref_features and pred_features must have the same shape, got "
             f"{tuple(ref_features.shape)} and {tuple(pred_features.shape)}"
         )
-    ref = _batched(ref_features, "ref_features").mean(dim=(-2, -1))  # (B, F, C)
-    pred = _batched(pred_features, "pred_features").mean(dim=(-2, -1))
+    ref = _pooled(_batched(ref_features, "ref_features"), mask)  # (B, F, C)
+    pred = _pooled(_batched(pred_features, "pred_features"), mask)
     frames = ref.shape[1]
     if frames < 2:
         raise UserError(f"the DMT loss compares frames and needs at least 2, got {frames}")
@@ -61,11 +69,14 @@ def sma_objective_terms(
     level_weights=None,
     wavelet="haar",
     delta=0.05,
+    mask=None,
 ):
     """The terms of the SMA objective for one layer (eq. 19).
 
     ``total = dmt(f_ref, f) + λg·global(δf_ref, δf) + λl·local(δf_ref, δf)`` with ``δ`` the
-    frame residuals (eq. 10). A term whose λ is 0 is not computed and reported as 0, so
+    frame residuals (eq. 10). With a subject ``mask`` ``(F, H, W)``, DMT's term pools over the mask and the
+    spectral terms compare mask-weighted residuals ``max(m_t, m_{t+1}) · δf_t``. A term whose λ is 0 is
+    not computed and reported as 0, so
     ``λg = λl = 0`` gives plain DMT at no extra cost, with ``total`` identical to ``dmt``.
 
     Args:
@@ -73,16 +84,20 @@ def sma_objective_terms(
         lambda_global, lambda_local: λg and λl.
         levels, level_weights, wavelet: see :func:`~sma_guidance.spectral.global_motion_loss`.
         delta: see :func:`~sma_guidance.spectral.local_motion_loss`.
+        mask: ``None``, or the subject's weights ``(F, H, W)`` in [0, 1] on the features' grid.
 
     Returns:
         ``{"dmt", "global", "local", "total"}``, each a scalar tensor.
     """
-    dmt = dmt_loss(ref_features, pred_features)
+    dmt = dmt_loss(ref_features, pred_features, mask)
     terms = {"dmt": dmt, "global": dmt.new_zeros(()), "local": dmt.new_zeros(())}
     total = dmt
     if lambda_global != 0 or lambda_local != 0:
         res_ref = frame_residuals(_batched(ref_features, "ref_features"))
         res_pred = frame_residuals(_batched(pred_features, "pred_features"))
+        if mask is not None:
+            weights = residual_weights(mask.to(res_ref))[None, :, None]  # (1, F - 1, 1, H, W)
+            res_ref, res_pred = res_ref * weights, res_pred * weights
         if lambda_global != 0:
             terms["global"] = global_motion_loss(res_ref, res_pred, levels, level_weights, wavelet)
             total = total + lambda_global * terms["global"]
@@ -102,6 +117,7 @@ def sma_objective(
     level_weights=None,
     wavelet="haar",
     delta=0.05,
+    mask=None,
 ):
     """Scalar SMA objective for one layer (eq. 19); see :func:`sma_objective_terms`."""
     return sma_objective_terms(
@@ -113,6 +129,7 @@ def sma_objective(
         level_weights,
         wavelet,
         delta,
+        mask,
     )["total"]
 
 

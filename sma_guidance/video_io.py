@@ -124,6 +124,20 @@ def read_clip(
     return Clip(frames, source.fps * num_frames / _part_length(source.count, source.fps, start, duration))
 
 
+def source_positions(
+    path: str | os.PathLike, num_frames: int, start: float = 0.0, duration: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Which source frames :func:`read_clip` keeps, without decoding them: ``(indices, count)``, the
+    indices ``(num_frames,)`` and the clip's frame count (from its metadata; counted when it states none).
+    What a per-frame companion of the clip (a subject mask) is matched against."""
+    path = _existing(path)
+    with _decoding(path):
+        source = _open_source(path)
+        if source.count is None:
+            source.count_frames()
+    return selected_indices(source.count, source.fps, num_frames, start, duration, str(path)), source.count
+
+
 def selected_indices(
     count: int, fps: float, num_frames: int, start: float = 0.0, duration: float | None = None,
     name: str = "the clip",

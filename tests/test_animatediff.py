@@ -123,8 +123,9 @@ def test_the_inversion_cache_key_names_family_and_adapter(pipe, clip, monkeypatc
 
 
 def test_too_many_frames_for_the_motion_modules_is_a_user_error(pipe, clip):
-    with pytest.raises(UserError, match="32"):
-        pipe(clip, "x", **{**FAST, "num_frames": 33})
+    # More frames than the window are sampled in windows; a window past the positional embedding is refused.
+    with pytest.raises(UserError, match="--window 32 or fewer"):
+        pipe(clip, "x", **{**FAST, "num_frames": 33, "window": 33})
 
 
 @pytest.mark.parametrize("granularity", ["blocks", "layers"])

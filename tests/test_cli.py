@@ -463,3 +463,10 @@ def test_a_run_decodes_the_input_once_side_by_side_and_strip_included(moving_squ
     assert result.exit_code == 0, result.output
     assert output.is_file() and output.with_name("out.side_by_side.mp4").is_file() and output.with_name("out.strip.png").is_file()
     assert decoded == [1]
+
+
+def test_every_option_of_a_run_is_in_the_readme():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [option for param in main.commands["run"].params for option in param.opts
+               if option.startswith("--") and option not in readme]
+    assert not missing, f"README.md does not mention {missing}"

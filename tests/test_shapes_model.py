@@ -135,3 +135,4 @@ def test_bench_appearance_command_scores_what_it_samples(tmp_path, pipe):
 
     bad = CliRunner().invoke(main, ["bench", "appearance", "--eta", "2", "--output", str(tmp_path / "bad.json")])
     assert bad.exit_code == 1 and "eta must be between 0" in bad.output and not (tmp_path / "bad.json").exists()
+

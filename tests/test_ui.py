@@ -107,9 +107,19 @@ def test_the_page_runs_in_its_own_folder_removed_with_it():
     assert not folder.exists()
 
 
+def test_the_page_takes_a_subject_box_and_windows():
+    app = build_app("tiny-random", device="cpu")
+    knobs = knob_args(**dict(FAST_KNOBS, frames=6, window=4, overlap=1))
+    _, _, record, _ = app.on_run(str(SAMPLE), PROMPT, "", "tiny-random", "zero-shot", None, *knobs, None, "0, 16, 40, 48")
+    saved = json.loads(Path(record).read_text())
+    assert saved["windows"] == [[0, 4], [2, 6]]
+    assert saved["config"]["mask_box"] == [0, 16, 40, 48] and saved["config"]["window"] == 4
+    app.runs_folder.cleanup()
+
+
 def test_knobs_start_at_the_models_preset():
     for model in ("shapes", "tiny-random"):
-        config = SMAConfig.for_model(model)
+        config = SMAConfig.for_model(model, family="zeroscope")  # both are UNet3D models
         expected = [None if name == "inversion_steps" else getattr(config, field) for name, field, _ in KNOBS]
         assert preset_values(model) == expected  # inversion steps blank: fitted to the sampling steps
     assert preset_values("shapes") != preset_values("tiny-random")  # 25 vs 20 steps: the page follows the model

@@ -25,8 +25,9 @@ def bench() -> None:
     """Benchmarks: `sma-guide bench quality` (motion-transfer quality on the shapes world), `sma-guide bench
     appearance` (the shapes model's plain samples of held-out prompts),
     `sma-guide bench speed` (time and memory of each stage), `sma-guide bench memory` (GPU memory, estimated),
-    `sma-guide bench precision` (half-precision gradients against float32) and `sma-guide bench inversion`
-    (what fewer inversion steps cost)."""
+    `sma-guide bench precision` (half-precision gradients against float32), `sma-guide bench inversion`
+    (what fewer inversion steps cost), `sma-guide bench masks` (subject masks) and `sma-guide bench windows`
+    (clips longer than the model's window)."""
 
 
 @bench.command("quality")
@@ -410,3 +411,93 @@ def bench_inversion(model: str, step_counts: str, per_motion: int, device: str, 
     write_json(json_path, {"model": model, "num_inference_steps": config.num_inference_steps, "rows": rows})
     click.echo(inversion_table(rows))
     click.echo(f"\nwrote {json_path}")
+
+
+def _picture_bench_options(name: str) -> Any:
+    """The options of a shapes-world bench that writes a JSON and a picture: bench_NAME.json, bench_NAME.png."""
+    options = [
+        click.option("--model", default="shapes", show_default=True, help="A shapes-world model (the clips are shapes-world clips)."),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--output", "json_path", type=click.Path(path_type=Path), default=Path(f"bench_{name}.json"),
+                     show_default=True),
+        click.option("--strip", "strip_path", type=click.Path(path_type=Path), default=Path(f"bench_{name}.png"),
+                     show_default=True, help="A picture of one run: input frames over output frames."),
+        click.option("--quiet", "-q", is_flag=True, help="No per-run lines."),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _picture_bench_pipeline(model: str, device: str, json_path: Path, strip_path: Path) -> Any:
+    """The outputs checked, then the model loaded in float32 without progress bars."""
+    from pipelines import SMAMotionTransferPipeline
+
+    check_json_path(json_path, flag="--output")
+    check_json_path(strip_path, (json_path,), flag="--strip")
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _without_frames(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in record.items() if key not in ("frames", "input")} for record in records]
+
+
+@bench.command("masks")
+@_picture_bench_options("masks")
+@reports_user_errors
+def bench_masks(model: str, device: str, json_path: Path, strip_path: Path, quiet: bool) -> None:
+    """Subject masks: two-object clips whose objects move differently, transferred to a one-object prompt with
+    the mask on either object and without one, scored against both objects' paths; prints tables, writes JSON."""
+    import numpy as np
+
+    from pipelines.bench import subjects
+    from sma_guidance import shapes
+    from sma_guidance.video_io import frame_strip, save_image
+
+    pipe = _picture_bench_pipeline(model, device, json_path, strip_path)
+
+    def report(r: dict[str, Any]) -> None:
+        if not quiet:
+            click.echo(f"{r['case']:>12} | {r['condition']:<18} | objects {int(r['objects'])} | fidelity first "
+                       f"{r['fidelity_first']:.3f} second {r['fidelity_second']:.3f} | {r['seconds']:.0f} s", err=True)
+
+    case_list = subjects.cases()
+    records = subjects.run(pipe, case_list, report)
+    shown = next(r for r in records if r["condition"] == "mask on the second")
+    case = next(c for c in case_list if c.name == shown["case"])
+    mask_row = np.repeat(subjects.object_mask(case, 1)[..., None].astype(np.float32), 3, axis=-1)
+    save_image(frame_strip(shapes.render(case.spec), mask_row, shown["frames"], scale=3), strip_path)
+    write_json(json_path, {"model": model, "records": _without_frames(records),
+                           "by_subject": subjects.by_subject(records)})
+    click.echo(subjects.markdown(records))
+    click.echo(f"\nwrote {json_path} and {strip_path}")
+
+
+@bench.command("windows")
+@_picture_bench_options("windows")
+@reports_user_errors
+def bench_windows(model: str, device: str, json_path: Path, strip_path: Path, quiet: bool) -> None:
+    """Clips longer than the model's window: a 24- and a 40-frame path through the 8-frame shapes model, in
+    windows and at once, scored for fidelity, path error and seams; prints a table, writes JSON."""
+    from pipelines.bench import long_clips
+    from sma_guidance.video_io import frame_strip, save_image
+
+    pipe = _picture_bench_pipeline(model, device, json_path, strip_path)
+
+    def report(r: dict[str, Any]) -> None:
+        if not quiet:
+            click.echo(f"{r['clip']} | {r['run']} | fidelity {r['fidelity']:.3f} path error {r['path_error']:.3f} "
+                       f"jump {r['jump_ratio']:.2f} | {r['seconds']:.0f} s", err=True)
+
+    records = long_clips.run(pipe, long_clips.clips(), report)
+    shown = next(r for r in records if r["run"] == "windows")
+    save_image(frame_strip(shown["input"], shown["frames"], scale=2), strip_path)
+    write_json(json_path, {"model": model, "records": _without_frames(records)})
+    click.echo(long_clips.markdown(records))
+    click.echo(f"\nwrote {json_path} and {strip_path}")

@@ -27,7 +27,7 @@ from sma_guidance.errors import UserError
 from ..motion_transfer import run
 
 # Options that name files: resolved relative to the jobs file.
-PATH_OPTIONS = ("output", "config", "adapter", "save-adapter", "cache-dir")
+PATH_OPTIONS = ("output", "config", "adapter", "save-adapter", "cache-dir", "mask")
 # The device comes from the launcher's process; a job cannot pick one.
 LAUNCHER_OPTIONS = ("device",)
 

@@ -45,8 +45,10 @@ KNOBS = (
     ("lambda_local", "lambda_local", "λ local (FFT term)"),
     ("train_steps", "train_steps", "Fine-tune steps"),
     ("seed", "seed", "Seed"),
+    ("window", "window", "Window: frames the model sees at once (longer clips go in windows)"),
+    ("overlap", "overlap", "Window overlap (blank: a quarter of the window)"),
 )
-INTEGER_KNOBS = {"frames", "steps", "inversion_steps", "optimization_steps", "train_steps", "seed"}
+INTEGER_KNOBS = {"frames", "steps", "inversion_steps", "optimization_steps", "train_steps", "seed", "window", "overlap"}
 # Local fonts: the default theme links Google Fonts, which an offline machine cannot reach.
 _FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 
@@ -109,18 +111,22 @@ def run_transfer(
     show_progress: bool = True,
     runs_folder: str | Path | None = None,
     keep_runs: int = KEEP_RUNS,
+    mask: str | Path | None = None,
+    mask_box: str | None = None,
 ) -> RunFiles:
     """One run of :func:`~pipelines.motion_transfer.run.transfer` into a new folder under ``runs_folder`` (default: the system's
     temporary folder), with the side-by-side clip, and the trained adapter saved when the run fine-tunes;
     then, in a ``runs_folder`` that was given (a page's own), only the newest ``keep_runs`` run folders are
     kept; the shared temporary folder is never pruned, another process's runs may sit there. ``pipelines``
-    caches loaded models across runs."""
+    caches loaded models across runs. ``mask`` (a file, white on the subject) or ``mask_box`` ("X0,Y0,X1,Y1")
+    says whose motion to transfer."""
     if not video:
         raise UserError("no input clip: upload a video or pick a bundled sample")
     values = {name: (int(value) if name in INTEGER_KNOBS else float(value)) for name, value in knobs.items()
               if value is not None}
     flags = {"model": (model or "").strip() or None, "source_prompt": source_prompt or None, "mode": mode,
-             "adapter": adapter or None, "device": device, **values}
+             "adapter": adapter or None, "device": device, "mask": mask or None,
+             "mask_box": (mask_box or "").strip() or None, **values}
     trains = build_config(None, flags).trains  # fails here, before a folder is made, on bad settings
     # The name starts with the clock so that the folders sort by age.
     folder = Path(tempfile.mkdtemp(prefix=f"{_RUN_PREFIX}{time.time_ns():020d}-", dir=runs_folder))
@@ -153,13 +159,15 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
     def on_run(video: str | None, prompt: str, source_prompt: str, chosen_model: str, mode: str, adapter: str | None,
                frames: int | None, steps: int | None, inversion_steps: int | None, guidance_scale: float | None,
                optimization_steps: int | None, lambda_global: float | None, lambda_local: float | None,
-               train_steps: int | None, seed: int | None, progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+               train_steps: int | None, seed: int | None, window: int | None, overlap: int | None,
+               mask: str | None = None, mask_box: str | None = None,
+               progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
         knobs = dict(frames=frames, steps=steps, inversion_steps=inversion_steps, guidance_scale=guidance_scale,
                      optimization_steps=optimization_steps, lambda_global=lambda_global, lambda_local=lambda_local,
-                     train_steps=train_steps, seed=seed)
+                     train_steps=train_steps, seed=seed, window=window, overlap=overlap)
         try:
             files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines,
-                                 runs_folder=runs_folder.name)
+                                 runs_folder=runs_folder.name, mask=mask, mask_box=mask_box)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 — the page shows a message; the server log keeps the traceback
@@ -184,6 +192,11 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                 mode = gr.Radio(list(MODES), value="zero-shot", label="Mode", elem_id="mode")
                 adapter = gr.File(label="Motion adapter to reuse (.safetensors, optional)", file_types=[".safetensors"],
                                   type="filepath", elem_id="adapter")
+                with gr.Accordion("Subject (optional): whose motion to transfer", open=False):
+                    mask = gr.File(label="Mask: an image or a video, white on the subject", type="filepath",
+                                   file_types=["image", "video"], elem_id="mask")
+                    mask_box = gr.Textbox(label="…or a box X0,Y0,X1,Y1 in pixels of the input", elem_id="mask-box",
+                                          placeholder="10,20,40,50")
                 knobs = []
                 with gr.Accordion("Settings", open=True):
                     presets = list(zip(KNOBS, preset_values(model)))
@@ -200,7 +213,7 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                                       visible=False, elem_id="adapter-out")
         sample.change(lambda name: str(samples[name]) if name else None, sample, video)
         chosen_model.change(preset_values, chosen_model, knobs)
-        run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs],
+        run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs, mask, mask_box],
                   [comparison, output, record, adapter_out])
     app.on_run = on_run  # for tests: the handler, without a browser
     app.runs_folder = runs_folder  # lives as long as the page

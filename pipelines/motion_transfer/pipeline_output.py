@@ -26,6 +26,8 @@ class SMAPipelineOutput(BaseOutput):
         train_loss_history: per fine-tune step: timestep and the VMC / global / local / total loss.
         sampler: what sampled (and inverted): the scheduler's class and settings (betas, spacing, offset,
             clipping; a flow model's shift and sigmas) and the sampling timesteps.
+        windows: the video frames ``[start, stop)`` of each temporal window sampled (one, the whole clip,
+            unless the clip is longer than the model's window).
     """
 
     frames: Any
@@ -36,6 +38,7 @@ class SMAPipelineOutput(BaseOutput):
     adapter: Any = None
     train_loss_history: list[dict[str, float]] = field(default_factory=list)
     sampler: dict[str, Any] = field(default_factory=dict)
+    windows: list[list[int]] = field(default_factory=list)
 
 
 __all__ = ["SMAPipelineOutput"]

@@ -42,9 +42,13 @@ from sma_guidance.dmt import initial_latent
 from sma_guidance.errors import UserAdvice, UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.guidance import classifier_free_guidance
+from sma_guidance.masks import composite, dilate, pool_frames, resize_mask, subject_mask
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.precision import LossScale
-from sma_guidance.video_io import DEFAULT_FPS, Clip, read_clip, resize_and_crop, select_frames
+from sma_guidance.video_io import (
+    DEFAULT_FPS, Clip, read_clip, resize_and_crop, select_frames, selected_indices, source_positions,
+)
+from sma_guidance.windows import blend_windows, temporal_windows
 
 from . import optimization
 from .backbones import BACKBONES, Backbone, backbone_of, model_family
@@ -59,6 +63,8 @@ from .samplers import DDIMSampler, FlowMatchSampler, sampler_for
 # a path (video file or image folder), a uint8 array (F, H, W, 3), a tensor (F, 3, H, W) in [-1, 1], or a Clip
 # already read (read_clip: the part to use, taken as it is)
 VideoInput = Any
+# a path (image, video or image folder, white on the subject), or an array / tensor (F, H, W) or (H, W)
+MaskInput = Any
 
 
 # Said once per process (Python's warning registry), as a warning the CLI prints as one line.
@@ -176,13 +182,64 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             return config
         return config.replace(feature_layers=self.backbone.default_feature_layers(self.denoiser))
 
-    def feature_recorder(self, config: SMAConfig, stop_after_last: bool = True) -> FeatureRecorder:
+    def feature_recorder(self, config: SMAConfig, stop_after_last: bool = True, frames: int | None = None) -> FeatureRecorder:
         """Hooks on ``config.feature_layers`` of the denoiser, their outputs as ``(B, F, C, H, W)`` (``F``:
-        latent frames for a model whose VAE packs frames in time)."""
+        latent frames for a model whose VAE packs frames in time; ``frames``: those of one temporal window)."""
         return FeatureRecorder(
-            self.denoiser, config.feature_layers, self.backbone.feature_frames(self, config),
+            self.denoiser, config.feature_layers, frames or self.backbone.feature_frames(self, config),
             stop_after_last=stop_after_last, to_frames=self.backbone.feature_reshaper(self, config),
         )
+
+    # ------------------------------------------------------------------------------ long clips and subjects
+    def temporal_windows(self, config: SMAConfig) -> list[tuple[int, int]]:
+        """The latent-frame windows ``[(start, stop), ...]`` a ``config`` run samples in
+        (:func:`sma_guidance.windows.temporal_windows`): one, the whole clip, when it fits ``config.window``;
+        else windows of the window's latent frames overlapping by ``config.overlap_frames`` (in latent frames:
+        Wan packs 4 frames in one)."""
+        total = self.backbone.latent_shape(self, config)[2]
+        if not config.windowed:
+            return [(0, total)]
+        window = self.backbone.latent_shape(self, config.replace(num_frames=config.window))[2]
+        groups = self.backbone.latent_frame_groups(self.vae, config.num_frames)
+        per_latent = max(stop - start for start, stop in groups)  # frames packed in one latent frame
+        overlap = min(window - 1, config.overlap_frames // per_latent)
+        return temporal_windows(total, window, overlap)
+
+    def window_frames(self, config: SMAConfig, windows: list[tuple[int, int]]) -> list[list[int]]:
+        """The video frames ``[start, stop)`` each latent-frame window holds (what a run's JSON records)."""
+        groups = self.backbone.latent_frame_groups(self.vae, config.num_frames)
+        return [[groups[start][0], groups[stop - 1][1]] for start, stop in windows]
+
+    @contextlib.contextmanager
+    def in_windows(self, windows: list[tuple[int, int]]) -> Iterator[None]:
+        """Inside the block, :meth:`model_prediction` on the whole clip's latents predicts window by window and
+        cross-fades the overlaps (:func:`sma_guidance.windows.blend_windows`): the inversion and every sampling
+        step see the model only at its native length, and hold one window's activations at a time."""
+        saved = getattr(self, "_windows", None)
+        self._windows = windows if len(windows) > 1 else None
+        try:
+            yield
+        finally:
+            self._windows = saved
+
+    def prepare_mask(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int]) -> torch.Tensor | None:
+        """The subject mask ``(F, H, W)`` in [0, 1] at the run's frames and size, or ``None`` without one:
+        ``mask`` (a path, array or tensor), else ``config.mask`` / ``config.mask_box``. A mask with one frame
+        holds for every frame; one per run frame is taken as it is; any other count is matched to the frames
+        the run picked from ``video`` (``source_size``: its frame size ``(H, W)``)."""
+        if mask is None:
+            mask = config.mask
+        if mask is None and config.mask_box is None:
+            return None
+        positions, count = None, None
+        if isinstance(video, (str, os.PathLike)):
+            positions, count = source_positions(video, config.num_frames, config.start, config.duration)
+        elif isinstance(video, (np.ndarray, torch.Tensor)):
+            count = len(video)
+            positions = selected_indices(count, DEFAULT_FPS, config.num_frames, config.start, config.duration)
+        fitted = subject_mask(mask, config.mask_box, source_size=source_size, num_frames=config.num_frames,
+                              height=config.height, width=config.width, positions=positions, source_frames=count)
+        return pool_frames(fitted, self.backbone.latent_frame_groups(self.vae, config.num_frames)).to(self.device)
 
     # ------------------------------------------------------------------------------ helpers
     def _progress(self, total: int, desc: str) -> tqdm:
@@ -219,6 +276,10 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                     torch.cuda.empty_cache()
 
     def prepare_video(self, video: VideoInput, config: SMAConfig) -> tuple[torch.Tensor, float]:
+        frames, fps, _ = self._prepare_video(video, config)
+        return frames, fps
+
+    def _prepare_video(self, video: VideoInput, config: SMAConfig) -> tuple[torch.Tensor, float, tuple[int, int]]:
         """Frames ``(F, 3, H, W)`` in [-1, 1] at the configured size and count, and the fps that keeps
         the selected part's duration. The part ``[config.start, config.start + config.duration)`` is
         resampled uniformly in time (a file is streamed, keeping only those frames; arrays and tensors
@@ -242,7 +303,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             array, fps = select_frames(array, DEFAULT_FPS, config.num_frames, config.start, config.duration)
         else:
             array, fps = read_clip(video, config.num_frames, config.start, config.duration)
-        return resize_and_crop(array, config.height, config.width), fps
+        return resize_and_crop(array, config.height, config.width), fps, tuple(array.shape[1:3])
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
@@ -299,7 +360,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
 
     def model_prediction(self, latents: torch.Tensor, t: int | float, embedding: torch.Tensor) -> torch.Tensor:
         """The denoiser's prediction ``(B, C, F, h, w)`` (noise, or flow velocity) for latents
-        ``(B, C, F, h, w)`` and one text embedding ``(B, L, D)`` per video, called as its family calls it."""
+        ``(B, C, F, h, w)`` and one text embedding ``(B, L, D)`` per video, called as its family calls it; the
+        whole clip's latents inside :meth:`in_windows`, window by window, cross-faded."""
+        windows = getattr(self, "_windows", None)
+        if windows and latents.shape[2] == windows[-1][1]:
+            parts = [self.backbone.unet_call(self.denoiser, latents[:, :, start:stop], t, embedding)
+                     for start, stop in windows]
+            return blend_windows(parts, windows, latents.shape[2])
         return self.backbone.unet_call(self.denoiser, latents, t, embedding)
 
     def invert(
@@ -324,6 +391,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 size=(config.height, config.width),
                 num_frames=config.num_frames,
                 dtype=str(self.denoiser.dtype),
+                **({"windows": getattr(self, "_windows", None)} if getattr(self, "_windows", None) else {}),
             )
             cached = cache.load(key, self.device)
             if cached is not None and set(timesteps) <= set(cached):
@@ -351,13 +419,16 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         reference: dict[str, torch.Tensor],
         recorder: FeatureRecorder,
         config: SMAConfig,
+        mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Eq. 19 summed over the recorded layers, for ``latents`` ``(1, C, F, h, w)`` at timestep ``t``.
+        """Eq. 19 summed over the recorded layers, for ``latents`` ``(1, C, F, h, w)`` at timestep ``t``
+        (restricted to the subject ``mask`` ``(F, H, W)`` when one is given).
 
         Returns the total and its DMT / global / local parts (each summed over layers). The forward
         stops after the last recorded layer.
         """
-        return self.objective_of_features(reference, recorder.run(self.model_prediction, latents, t, embedding), config)
+        features = recorder.run(self.model_prediction, latents, t, embedding)
+        return self.objective_of_features(reference, features, config, mask)
 
     #: Eq. 19 of recorded features (:func:`.optimization.objective_of_features`).
     objective_of_features = staticmethod(optimization.objective_of_features)
@@ -387,21 +458,32 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         recorder: FeatureRecorder,
         on_iteration: Callable[[dict[str, float]], None] | None = None,
         loss_scale: LossScale | None = None,
+        mask: torch.Tensor | None = None,
+        windows: list[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        """Run ``config.optimization_steps`` Adam steps on ``latents`` at timestep ``t``.
+        """Run ``config.optimization_steps`` Adam steps on ``latents`` at timestep ``t`` (against the subject
+        ``mask`` ``(F, H, W)``'s motion only, when one is given).
 
         Reference features of ``reference_latents`` (the inversion at ``t``, source prompt) are computed
         once, without gradients. On a float16 denoiser the objective is backpropagated with a loss scale
         (:mod:`sma_guidance.precision`; ``loss_scale`` carries it across the steps of a run, default: a
-        fresh one of ``config``'s), and Adam steps on the true gradient. Returns the optimized latents
-        (detached) and the per-iteration losses (with the loss scale used, when one is).
+        fresh one of ``config``'s), and Adam steps on the true gradient. With temporal ``windows`` (latent
+        frames), each window's slice is held to its own slice of the reference and the objective is the sum
+        over windows (:func:`.optimization.optimize_latent`). Returns the optimized latents (detached) and
+        the per-iteration losses (with the loss scale used, when one is).
         """
-        with torch.no_grad():
-            reference = recorder.run(self.model_prediction, reference_latents, t, source_embedding)
+        spans = windows or [(0, latents.shape[2])]
+        objectives = []
+        for start, stop in spans:
+            with torch.no_grad():
+                reference = recorder.run(self.model_prediction, reference_latents[:, :, start:stop], t, source_embedding)
+            part_mask = None if mask is None else mask[start:stop]
+            objectives.append(lambda x, reference=reference, part_mask=part_mask: self.guidance_objective(
+                x, t, target_embedding, reference, recorder, config, part_mask))
         with self.guidance_backward(config):
             return optimization.optimize_latent(
-                lambda x: self.guidance_objective(x, t, target_embedding, reference, recorder, config),
-                latents, learning_rate, config.optimization_steps, loss_scale or self.loss_scale(config), on_iteration,
+                objectives, latents, learning_rate, config.optimization_steps, loss_scale or self.loss_scale(config),
+                on_iteration, windows=spans,
             )
 
     # ------------------------------------------------------------------------------ fine-tuning
@@ -587,6 +669,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         seed: int | None = None,
         mode: str | None = None,
         adapter: str | MotionAdapter | None = None,
+        mask: MaskInput = None,
         config: SMAConfig | None = None,
         output_type: str = "np",
         return_dict: bool = True,
@@ -620,13 +703,21 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 guidance) or ``"both"`` (the adapted model with zero-shot guidance).
             adapter: a :class:`MotionAdapter` or the path of a saved one, applied for this call (no
                 training then, in any mode).
+            mask: whose motion to transfer: white (or true, or 1) on the subject; a path (an image for every
+                frame, a video or an image folder with one per frame), or an array / tensor ``(F, H, W)`` or
+                ``(H, W)`` over the input's frames (resampled to the run's size and frames). DMT's term then
+                pools the features over the mask, SMA's terms weight the residuals by it, and the initial
+                latent keeps the inversion inside it and draws the rest afresh, so the prompt fills it.
+                ``mask_box=(x0, y0, x1, y1)`` (pixels of the input) is a box instead.
             config: a full :class:`SMAConfig` to start from.
             output_type: ``"np"`` (default), ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`SMAPipelineOutput` (default) rather than a tuple.
             **config_overrides: any other :class:`SMAConfig` field, e.g. ``guidance_fraction=0.4``,
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``, ``guidance_rescale=0.0``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="ref-rms"``,
-                ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``, and the fine-tune
+                ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``,
+                ``window`` / ``overlap`` (clips longer than ``window`` frames, the family's native clip, are
+                sampled in windows overlapping by ``overlap``, default a quarter of the window), ``mask_box``, the fine-tune
                 settings ``train_steps=400``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
                 ``train_max_grad_norm=1.0``, ``train_lambda_global=0.4``, ``train_lambda_local=0.2``,
                 ``residual="signed"``, ``trainable_modules="vmc"``, ``gradient_checkpointing=True``, and the
@@ -655,6 +746,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             seed=seed,
             mode=mode,
             adapter=str(adapter) if isinstance(adapter, (str, os.PathLike)) else None,
+            mask=str(mask) if isinstance(mask, (str, os.PathLike)) else None,
         )
         config = self._resolve_config(config, explicit, config_overrides)
         if not isinstance(adapter, MotionAdapter):
@@ -662,9 +754,11 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
-        # 2. read the clip
-        frames, fps = self.prepare_video(video, config)
+        # 2. read the clip and the subject's mask (at the latent's frames), plan the temporal windows
+        frames, fps, source_size = self._prepare_video(video, config)
         fps = config.fps or fps
+        subject = self.prepare_mask(video, mask, config, source_size)
+        windows = self.temporal_windows(config)
         timesteps = self.sampling_timesteps(config.num_inference_steps)
 
         # 3. encode the prompts (the text encoder moves on, and off, once for the three)
@@ -682,7 +776,8 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 clock = time.perf_counter()
                 adapter = self._train_adapter(frames, source, config)
                 timings["fine_tune"] = time.perf_counter() - clock
-            with applied_adapter(self.denoiser, adapter, self.model_name, family=self.backbone.name):
+            with applied_adapter(self.denoiser, adapter, self.model_name, family=self.backbone.name), \
+                    self.in_windows(windows):
                 # 5. invert the clip
                 clock = time.perf_counter()
                 guided = timesteps[: config.num_guided_steps]
@@ -693,25 +788,27 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 timings["inversion"] = time.perf_counter() - clock
                 timings["inversion_cached"] = float(from_cache)
 
-                # 6. prepare the initial latent (DMT: the inversion's low frequencies, fresh high ones)
+                # 6. prepare the initial latent (DMT: the inversion's low frequencies, fresh high ones; with a
+                # mask, the inversion inside it only)
                 generator = torch.Generator("cpu").manual_seed(config.seed)
-                latents = self.prepare_latents(inverted[timesteps[0]], config, generator)
+                latents = self.prepare_latents(inverted[timesteps[0]], config, generator, mask=subject)
 
                 # 7. denoise, optimizing the latent at the first guided steps
                 learning_rates = np.linspace(config.learning_rate_start, config.learning_rate_end, max(len(guided), 1))
                 cfg_embeddings = torch.cat([negative, target])
                 timings["guidance"] = timings["denoise"] = 0.0
-                recorder = self.feature_recorder(config)
+                recorder = self.feature_recorder(config, frames=windows[0][1] - windows[0][0])
                 scale = self.loss_scale(config)
                 with self._progress(len(timesteps), "Sampling") as bar:
                     for i, t in enumerate(timesteps):
                         if i < len(guided):
                             clock = time.perf_counter()
+                            # Each window's latent is held to its own part of the input's features.
                             with recorder, torch.enable_grad():
                                 latents, history = self.optimize_latent(
                                     latents, t, inverted[t], source, target, float(learning_rates[i]), config, recorder,
-                                    on_iteration=lambda record: bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False),
-                                    loss_scale=scale,
+                                    on_iteration=lambda r: bar.set_postfix(loss=f"{r['total']:.4f}", refresh=False),
+                                    loss_scale=scale, mask=subject, windows=windows,
                                 )
                             loss_history.append({"step": i, "timestep": t, "learning_rate": float(learning_rates[i]),
                                                  "iterations": history})
@@ -740,6 +837,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             adapter=adapter,
             train_loss_history=adapter.loss_history if adapter is not None else [],
             sampler=self.sampler.describe(config.num_inference_steps),
+            windows=self.window_frames(config, windows),
         )
         return result if return_dict else (output, loss_history)
 
@@ -753,15 +851,24 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be np, pt or latent (got {output_type!r})")
 
     def prepare_latents(
-        self, inverted: torch.Tensor, config: SMAConfig, generator: torch.Generator, latents: torch.Tensor | None = None
+        self, inverted: torch.Tensor, config: SMAConfig, generator: torch.Generator, latents: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The latent ``(1, C, F, h, w)`` sampling starts from: ``latents`` when given, else DMT's initial latent
         of the inversion ``inverted`` at the first timestep — its frequencies below ``config``'s cut-off kept,
-        the rest drawn from ``generator`` (:func:`sma_guidance.dmt.initial_latent`)."""
+        the rest drawn from ``generator`` (:func:`sma_guidance.dmt.initial_latent`). With a subject ``mask``
+        ``(F, H, W)``: the exact inversion inside the mask grown by ``config.mask_margin`` latent cells, and
+        outside it that initial latent, or fresh noise where the preset keeps the whole inversion, so that the
+        rest of the frame follows the prompt."""
         if latents is not None:
             return latents.to(self.device, torch.float32)
         noise = torch.randn(inverted.shape, generator=generator).to(self.device)
-        return self.initial_latent(inverted, noise, config.downsample_factor, config.low_pass_grid)
+        initial = self.initial_latent(inverted, noise, config.downsample_factor, config.low_pass_grid)
+        if mask is None:
+            return initial
+        outside = noise if initial is inverted else initial
+        inside = dilate(resize_mask(mask.to(inverted.device, torch.float32), tuple(inverted.shape[-2:])), config.mask_margin)
+        return composite(inverted, outside, inside)
 
 
 def advise_on_source_prompt(config: SMAConfig) -> None:

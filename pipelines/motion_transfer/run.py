@@ -85,6 +85,7 @@ def transfer(
     # only when the loaded model's family asks for another part (a family its folder did not tell).
     selection = (config.num_frames, config.start, config.duration)
     clip = read_clip(input_path, *selection)
+    subject_frames(input_path, config, clip.frames.shape[1:3])
     output = check_output_path(output or default_output(input_path), input_path)
     record = check_output_path_record(record_path(output), input_path)
     comparison = check_output_path(comparison_path(output), input_path) if side_by_side else None
@@ -116,7 +117,8 @@ def transfer(
                     f"through the {config.num_inference_steps} sampling steps)")
         config = fitted
     pipe.set_progress_bar_config(disable=quiet)
-    result = pipe(video=clip, prompt=prompt, config=config)
+    mask = subject_frames(input_path, config, clip.frames.shape[1:3])
+    result = pipe(video=clip, prompt=prompt, config=config, mask=mask)
     written = export_to_video(result.frames[0], output, fps=result.fps)
     if save_adapter is not None:
         result.adapter.save(save_adapter)
@@ -141,6 +143,7 @@ def transfer(
             "sampler": result.sampler,
             "loss_history": result.loss_history,
             "timings": result.timings,
+            "windows": result.windows,
             "adapter": str(save_adapter or config.adapter or "") or None,
             "train_loss_history": result.train_loss_history,
         },
@@ -153,9 +156,11 @@ def build_config(config_file: Path | None, flags: dict[str, Any], family: str | 
     The family is detected from the model's ``model_index.json`` unless given (a loaded pipeline's)."""
     file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
     fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
-    for name in ("cache_dir", "adapter"):
+    for name in ("cache_dir", "adapter", "mask"):
         if name in fields:
             fields[name] = str(fields[name])
+    if fields.get("mask_box") is not None:
+        fields["mask_box"] = parse_box(fields["mask_box"])
     if isinstance(fields.get("feature_layers"), str):
         fields["feature_layers"] = tuple(name.strip() for name in fields["feature_layers"].split(",") if name.strip())
     model = fields.pop("model", None) or file_values.pop("model", None) or SMAConfig().model
@@ -165,6 +170,36 @@ def build_config(config_file: Path | None, flags: dict[str, Any], family: str | 
 
         family = model_family(model, fields.get("motion_adapter") or file_values.get("motion_adapter"))
     return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate()
+
+
+def parse_box(value: Any) -> tuple[float, ...]:
+    """``"X0,Y0,X1,Y1"`` (or ``"[X0, Y0, X1, Y1]"``, or four numbers: a batch job's list) -> four numbers, or a
+    one-line :class:`UserError`."""
+    parts = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
+    try:
+        values = tuple(float(part) for part in parts)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4:
+        raise UserError(f"--mask-box {value!r} must be four numbers X0,Y0,X1,Y1 in pixels of the input, e.g. 10,20,40,50")
+    return values
+
+
+def subject_frames(input_path: Path, config: SMAConfig, source_size: tuple[int, int]) -> Any:
+    """The ``--mask`` file's masks matched to the frames the run picks from ``input_path`` (``None`` without
+    one), checked at the run's size with ``--mask-box`` too: a bad mask fails before the model loads."""
+    if config.mask is None and config.mask_box is None:
+        return None
+    from sma_guidance.masks import read_mask, select_mask_frames, subject_mask
+    from sma_guidance.video_io import source_positions
+
+    frames = None
+    if config.mask is not None:
+        positions, count = source_positions(input_path, config.num_frames, config.start, config.duration)
+        frames = select_mask_frames(read_mask(config.mask), config.num_frames, positions, count)
+    subject_mask(frames, config.mask_box, source_size=source_size, num_frames=config.num_frames,
+                 height=config.height, width=config.width)
+    return frames
 
 
 def chosen(field: str, config_file: Path | None, flags: dict[str, Any]) -> bool:

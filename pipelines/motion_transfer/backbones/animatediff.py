@@ -248,12 +248,13 @@ class AnimateDiffBackbone(Backbone):
     trainable_sets = {"vmc": r"motion_modules\..*\.to_[qkv]$"}
 
     def check(self, pipe: Any, config: Any) -> None:
-        """The motion modules' positional embedding covers ``motion_max_seq_length`` frames."""
+        """The motion modules' positional embedding covers ``motion_max_seq_length`` frames: one window's."""
         most = pipe.denoiser.config.get("motion_max_seq_length", 32)
-        if config.num_frames > most:
+        if config.window_frames > most:
+            what = "--window" if config.windowed else "--frames"
             raise UserError(
-                f"num_frames {config.num_frames} is more than this AnimateDiff's motion modules take ({most}); "
-                f"pass --frames {most} or fewer (16 is AnimateDiff's native clip)"
+                f"{what} {config.window_frames} is more than this AnimateDiff's motion modules take at once ({most}); "
+                f"pass --window {most} or fewer (16 is AnimateDiff's native clip): longer clips go in windows"
             )
 
     def default_scheduler(self) -> Any:

@@ -113,6 +113,10 @@ class Backbone:
         """``(output, frames) -> (B, F, C, H, W)`` for the recorded layers at ``config``'s size."""
         return self.features_to_frames
 
+    def latent_frame_groups(self, vae: Any, num_frames: int) -> list[tuple[int, int]]:
+        """Per latent frame, the video frames ``(start, stop)`` it holds: one each for a per-frame VAE."""
+        return [(i, i + 1) for i in range(num_frames)]
+
     def latent_shape(self, pipe: Any, config: Any) -> tuple[int, ...]:
         """Shape ``(1, C, F, h, w)`` of the latents of a ``config``-sized video."""
         factor = pipe.vae_scale_factor

@@ -165,6 +165,12 @@ class WanBackbone(Backbone):
     def latent_frames(self, vae: Any, num_frames: int) -> int:
         return (num_frames - 1) // self.temporal_factor(vae) + 1
 
+    def latent_frame_groups(self, vae: Any, num_frames: int) -> list[tuple[int, int]]:
+        """The causal VAE's packing: latent frame 0 holds frame 0, latent frame k the 4 frames 4k - 3 … 4k."""
+        factor = self.temporal_factor(vae)
+        count = self.latent_frames(vae, num_frames)
+        return [(0, 1)] + [(factor * k - factor + 1, min(num_frames, factor * k + 1)) for k in range(1, count)]
+
     def spatial_factor(self, vae: Any) -> int:
         return int(getattr(vae.config, "scale_factor_spatial", None) or 8)
 
@@ -209,7 +215,7 @@ class WanBackbone(Backbone):
                 )
         from sma_guidance.spectral import max_wavelet_level
 
-        residuals = self.latent_frames(vae, config.num_frames) - 1
+        residuals = self.latent_frames(vae, config.window_frames) - 1  # the wavelet runs over one window
         deepest = max_wavelet_level(residuals, config.wavelet)
         if config.levels is not None and config.levels > deepest:
             raise UserError(
