@@ -169,8 +169,9 @@ def ui_command(host: str, port: int, model: str, device: str) -> None:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", help="OUTPUT's prompt; a shapes-world prompt adds edit and motion checks.")
-@click.option("--tracker", type=click.Choice(["auto", "shapes", "points"]), default="auto", show_default=True,
-              help="shapes: object centroids (shapes-world clips); points: block-matched grid points (any video).")
+@click.option("--tracker", type=click.Choice(["auto", "shapes", "klt", "points"]), default="auto", show_default=True,
+              help="shapes: object centroids (shapes-world renders); klt: OpenCV's Lucas-Kanade on a 30x30 query grid "
+                   "(any video; the eval extra); points: block-matched textured points; auto: shapes for renders, else klt.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the metrics to this JSON file.")
 @reports_user_errors
 def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracker: str, json_path: Path | None) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 
 from .errors import UserError
 from .shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, parse_prompt
+from .tracking import klt_tracks
 
-TRACKERS = ("auto", "shapes", "points")
+TRACKERS = ("auto", "shapes", "klt", "points")
 LINEAR_MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 _COLOR_NAMES = tuple(COLORS)
@@ -286,10 +287,20 @@ def point_tracks(frames, grid: int = 8, window: int = 7, max_disp: int = 6, max_
     return out
 
 
+def real_video_tracker() -> str:
+    """The tracker ``auto`` takes for real footage: ``klt`` (OpenCV's Lucas–Kanade on a query grid) when
+    OpenCV is installed (the ``eval`` extra), else the block matcher ``points``."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return "points"
+    return "klt"
+
+
 def tracks(frames, method: str = "auto") -> tuple[np.ndarray, str]:
-    """Tracks of a clip by ``method``: "shapes" (:func:`shape_tracks`), "points"
-    (:func:`point_tracks`) or "auto" — shapes when :func:`shape_tracks` finds 1–4 objects that
-    together cover < 50 % of the frame (a shapes-world-like clip), else points.
+    """Tracks of a clip by ``method``: "shapes" (:func:`shape_tracks`), "klt"
+    (:func:`sma_guidance.tracking.klt_tracks`), "points" (:func:`point_tracks`) or "auto" — shapes for a
+    shapes-world render (:func:`looks_like_shapes`), else :func:`real_video_tracker`'s.
 
     Returns:
         ``(tracks (N, F, 2) pixels, method used)``.
@@ -298,14 +309,29 @@ def tracks(frames, method: str = "auto") -> tuple[np.ndarray, str]:
     if method not in TRACKERS:
         raise UserError(f"unknown tracker {method!r}; choose one of {', '.join(TRACKERS)}")
     if method == "auto":
-        method = "shapes" if looks_like_shapes(frames) else "points"
+        method = "shapes" if looks_like_shapes(frames) else real_video_tracker()
+    if method == "klt":
+        return klt_tracks(frames), method
     return (shape_tracks(frames) if method == "shapes" else point_tracks(frames)), method
 
 
+_PLAIN_BACKGROUND = 0.6  # share of a shapes-world frame within 20 RGB of its background (renders: >= 0.86)
+_FLAT_COLOUR = 0.5  # share of its other pixels that are one named colour at >= 80 % (renders: >= 0.74)
+
+
 def looks_like_shapes(frames: np.ndarray) -> bool:
-    """True when the clip is a few flat-coloured objects on a plain background: 1–4 colour
-    objects whose coverage sums to < 50 % of the frame on average."""
-    objs = _objects(frames)
+    """True when the clip is a shapes-world render: a plain background (most pixels within 20 RGB of it),
+    flat-coloured objects (most other pixels a named colour, not a blend), 1–4 of them covering < 50 % of
+    the frame. Real footage fails the first two (the shared clips: 5–28 % near their border colour, 0–20 %
+    flat), however its colours happen to sort into the named ones."""
+    labels, alpha, names = color_layers(frames)
+    distance = np.linalg.norm(frames.astype(np.float32) - estimate_background(frames), axis=-1)
+    foreground = distance > _FG_THRESHOLD
+    if (distance < 20).mean() < _PLAIN_BACKGROUND:
+        return False
+    if foreground.any() and (alpha[foreground] >= 0.8).mean() < _FLAT_COLOUR:
+        return False
+    objs = _objects(frames, colour_layers=(labels, alpha, names))
     if not 1 <= len(objs) <= 4:
         return False
     cover = sum(float(w.sum()) for _, w in objs) / (frames.shape[0] * frames.shape[1] * frames.shape[2])
@@ -320,7 +346,7 @@ def normalise_tracks(tr: np.ndarray, height: int, width: int) -> np.ndarray:
 # ---- DMT motion fidelity -------------------------------------------------------------------------
 
 
-def track_correlation(input_tracks, output_tracks, still=_STILL_PX) -> np.ndarray:
+def track_correlation(input_tracks, output_tracks, still=_STILL_PX, both_still: float = 1.0) -> np.ndarray:
     """``corr(τ, τ̃)`` for every pair: float64 ``(N, M)``, the mean over frames of the cosine between
     the two tracks' displacements ``track[1:] - track[:-1]``.
 
@@ -331,6 +357,7 @@ def track_correlation(input_tracks, output_tracks, still=_STILL_PX) -> np.ndarra
     Args:
         input_tracks: ``(N, F, 2)``; output_tracks: ``(M, F, 2)``, same F and units.
         still: threshold in track units; a pair ``(input, output)`` when their units differ.
+        both_still: what a frame where both are still counts (1: agreement); NaN leaves it out.
     """
     a, b = np.asarray(input_tracks, np.float64), np.asarray(output_tracks, np.float64)
     if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:] or a.shape[2] != 2:
@@ -341,8 +368,8 @@ def track_correlation(input_tracks, output_tracks, still=_STILL_PX) -> np.ndarra
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = (da * db).sum(-1) / (na * nb)
     moving_a, moving_b = na >= still_a, nb >= still_b
-    cos = np.where(moving_a & moving_b, cos, np.where(moving_a | moving_b, 0.0, 1.0))
-    valid = ~(np.isnan(na) | np.isnan(nb))
+    cos = np.where(moving_a & moving_b, cos, np.where(moving_a | moving_b, 0.0, both_still))
+    valid = ~(np.isnan(na) | np.isnan(nb) | np.isnan(cos))
     count = valid.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, np.where(valid, cos, 0.0).sum(-1) / count, np.nan)
@@ -405,6 +432,107 @@ def path_error(input_tracks, output_tracks, still=_STILL_PX) -> float:
         if np.isfinite(distance).any():
             errors.append(np.nanmean(distance))
     return float(np.mean(errors)) if errors else math.nan
+
+
+# ---- the published formulas --------------------------------------------------------------------
+#
+# Motion fidelity, each published variant under its own name. Every variant scores the same per-pair
+# similarity (track_correlation); they differ in how the pairs are reduced:
+#
+# - "dmt": DMT's released motion_fidelity_score.py (Yatim et al., CVPR 2024): the similarity matrix of output
+#   tracks against input tracks, MINUS THE IDENTITY (both sets come from CoTracker's same query grid there, so
+#   a track may not match the input track of its own grid point; `same_grid`), then the maximum over input
+#   tracks and the mean over output tracks. One direction only.
+# - "ditflow": DiTFlow's eval/motion_fidelity_score.py (Pondaven et al., CVPR 2025): the same reduction, on
+#   clips cut to the shorter one's frames instead of resampled to the input's.
+# - "symmetric": ours, motion_fidelity above: both directions averaged, no identity (object tracks).
+# - "paired": ours, for grid tracks: track i against track i (the same query point), frames where both are
+#   still left out. The default for klt tracks: of the four, the only one that scores a still or reversed copy
+#   of a real clip far below the clip itself (pipelines/bench/RESULTS.md, "Scoring real video").
+#
+# Static tracks: DMT's and DiTFlow's code divide a displacement by its length, so a point that does not move
+# between two frames gives 0/0 and the whole score NaN. Here a still displacement counts explicitly: both still
+# -> 1, one still and one moving -> 0. "Still" is what each formula's code would see: for "dmt" and "ditflow"
+# only a displacement of length 0 (their code takes any other as a direction, however small), for "symmetric"
+# one shorter than `still` (0.25 px by default: a tracker's sub-pixel jitter on a static point is not motion).
+
+FORMULAS = ("dmt", "ditflow", "symmetric", "paired")
+DEFAULT_FORMULA = "symmetric"  # for object tracks; grid tracks (klt) are scored "paired" by default
+
+
+def similarity_matrix(output_tracks, input_tracks, still=_STILL_PX) -> np.ndarray:
+    """DMT's similarity matrix: ``(M, N)`` for ``M`` output and ``N`` input tracks ``(·, F, 2)``, entry
+    ``(m, n)`` the mean over frames of the cosine of their displacements (static handling: module docstring)."""
+    still_pair = (still, still) if np.isscalar(still) else (still[1], still[0])
+    return track_correlation(output_tracks, input_tracks, still_pair)
+
+
+def _nanmean_of_rowmax(matrix: np.ndarray) -> float:
+    if matrix.size == 0 or np.isnan(matrix).all():
+        return math.nan
+    with warnings.catch_warnings():  # an all-NaN row (a track lost in every frame) drops out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(np.nanmax(matrix, axis=1)))
+
+
+_EXACTLY_STILL = 1e-12  # below any real displacement in pixels or frame fractions; 0 itself
+
+
+def fidelity(input_tracks, output_tracks, formula: str = DEFAULT_FORMULA, still=_STILL_PX,
+             same_grid: bool = True) -> float:
+    """Motion fidelity of ``output_tracks`` ``(M, F, 2)`` against ``input_tracks`` ``(N, F, 2)`` by ``formula``
+    (:data:`FORMULAS`). The tracks must span the same frames: for ``"ditflow"`` cut both clips to the shorter
+    one first (:func:`fidelity_variants` does). ``still``: the ``"symmetric"`` formula's threshold, a scalar or
+    ``(input, output)`` in each side's units (the published formulas take only a zero displacement as still).
+    ``same_grid``: track ``i`` of both sets starts at the same query point (CoTracker's grid, as in DMT's
+    script), so the published formulas subtract the identity; pass ``False`` for tracks that are not paired
+    that way (object centroids, points seeded per clip), where subtracting it would only penalize track 0
+    against track 0. NaN when a side has no track."""
+    if formula not in FORMULAS:
+        raise UserError(f"unknown motion-fidelity formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+    still_in, still_out = (still, still) if np.isscalar(still) else still
+    if formula != "symmetric":
+        still_in = still_out = _EXACTLY_STILL  # the published code: any nonzero displacement is a direction
+    matrix = similarity_matrix(output_tracks, input_tracks, (still_in, still_out))  # (M out, N in)
+    if formula == "symmetric":
+        if matrix.size == 0 or np.isnan(matrix).all():
+            return math.nan
+        return 0.5 * (_nanmean_of_rowmax(matrix) + _nanmean_of_rowmax(matrix.T))
+    if formula == "paired":
+        return paired_fidelity(input_tracks, output_tracks, (still_in, still_out), same_grid)
+    if same_grid and matrix.shape[0] == matrix.shape[1]:
+        matrix = matrix - np.eye(matrix.shape[0])
+    return _nanmean_of_rowmax(matrix)
+
+
+def paired_fidelity(input_tracks, output_tracks, still=_STILL_PX, same_grid: bool = True) -> float:
+    """Ours, for grid tracks: each output track against the input track of the same query point (track ``i``
+    with track ``i``), the mean over frames of their displacements' cosine, frames where both are still left
+    out (one still, one moving: 0), averaged over the pairs that move at all. No maximum over other tracks:
+    the motion must happen where it happened in the input, so a still or reversed clip cannot borrow a
+    matching motion from elsewhere in the frame (`pipelines/bench/RESULTS.md`, "Scoring real video").
+    NaN without grid pairing (``same_grid=False``, or another number of tracks) or without motion."""
+    a, b = np.asarray(input_tracks, np.float64), np.asarray(output_tracks, np.float64)
+    if not same_grid or a.shape[0] != b.shape[0] or a.shape[0] == 0:
+        return math.nan
+    pairs = np.array([track_correlation(a[i:i + 1], b[i:i + 1], still, both_still=math.nan)[0, 0]
+                      for i in range(a.shape[0])])
+    return float(np.nanmean(pairs)) if np.isfinite(pairs).any() else math.nan
+
+
+def fidelity_variants(input_tracks, output_tracks, output_tracks_cut=None, input_tracks_cut=None,
+                      still=_STILL_PX, same_grid: bool = True) -> dict[str, float]:
+    """Every formula at once: ``{"dmt", "ditflow", "symmetric"}``. ``output_tracks`` span the input's frames
+    (the output resampled to them); DiTFlow's variant takes ``input_tracks_cut`` / ``output_tracks_cut``, both
+    clips cut to the shorter one (default: the tracks as given, right when the clips have equal length)."""
+    cut_in = input_tracks if input_tracks_cut is None else input_tracks_cut
+    cut_out = output_tracks if output_tracks_cut is None else output_tracks_cut
+    return {
+        "dmt": fidelity(input_tracks, output_tracks, "dmt", still, same_grid),
+        "ditflow": fidelity(cut_in, cut_out, "ditflow", still, same_grid),
+        "symmetric": fidelity(input_tracks, output_tracks, "symmetric", still),
+        "paired": fidelity(input_tracks, output_tracks, "paired", still, same_grid),
+    }
 
 
 def _first_valid(track: np.ndarray) -> np.ndarray:
@@ -746,7 +874,10 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
     come from the same tracker.
 
     Returns:
-        ``{"tracker", "motion_fidelity", "path_error", "input_tracks", "output_tracks",
+        ``{"tracker", "formula", "motion_fidelity" (by the formula named: "paired" for klt's grid tracks, else
+        :data:`DEFAULT_FORMULA`), "motion_fidelity_dmt", "motion_fidelity_ditflow", "motion_fidelity_symmetric",
+        "motion_fidelity_paired" (every formula, :func:`fidelity`), "path_error",
+        "input_tracks", "output_tracks",
         "temporal_consistency", "frame_difference"}`` (the last two of the OUTPUT; NaN fidelity when a side has no track)
         and, when ``prompt`` names a "<color> <shape>": ``"detected_color"``, ``"detected_shape"``,
         ``"color_match"``, ``"shape_match"``; when it also names a background: ``"background"``,
@@ -759,15 +890,27 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
         raise UserError(f"unknown tracker {method!r}; choose one of {', '.join(TRACKERS)}")
     out = resample_nearest(out_full, len(inp))
     if method == "auto":
-        method = "shapes" if looks_like_shapes(inp) and looks_like_shapes(out) else "points"
+        method = "shapes" if looks_like_shapes(inp) and looks_like_shapes(out) else real_video_tracker()
     tr_in, _ = tracks(inp, method)
     tr_out, _ = tracks(out, method)
     (hi, wi), (ho, wo) = inp.shape[1:3], out.shape[1:3]
     still = (_STILL_PX / max(hi, wi), _STILL_PX / max(ho, wo))  # 0.25 px in each clip's own pixels
     norm_in, norm_out = normalise_tracks(tr_in, hi, wi), normalise_tracks(tr_out, ho, wo)
+    shortest = min(len(inp), len(out_full))
+    if len(out_full) == len(inp):
+        cut_in, cut_out = norm_in, norm_out
+    else:  # DiTFlow cuts both clips to the shorter one instead of resampling the output
+        cut_in = norm_in[:, :shortest] if shortest == len(inp) else normalise_tracks(tracks(inp[:shortest], method)[0], hi, wi)
+        cut_out = normalise_tracks(tracks(out_full[:shortest], method)[0], ho, wo)
+    # Only klt queries one fixed grid (in frame fractions) in both clips, pairing track i with track i as
+    # CoTracker's grid does in DMT's script; objects and points seeded on each clip's texture are not paired.
+    variants = fidelity_variants(norm_in, norm_out, cut_out, cut_in, still, same_grid=method == "klt")
+    formula = "paired" if method == "klt" else DEFAULT_FORMULA
     result = {
         "tracker": method,
-        "motion_fidelity": motion_fidelity(norm_in, norm_out, still),
+        "formula": formula,
+        "motion_fidelity": variants[formula],
+        **{f"motion_fidelity_{name}": value for name, value in variants.items()},
         "path_error": path_error(norm_in, norm_out, still),
         "input_tracks": len(tr_in),
         "output_tracks": len(tr_out),
@@ -830,7 +973,8 @@ def format_report(metrics: dict) -> str:
     rows = [
         ("tracker", f"{metrics['tracker']} ({metrics['input_tracks']} input / "
                     f"{metrics['output_tracks']} output tracks)"),
-        ("motion fidelity", f"{show(metrics['motion_fidelity'])}  (DMT; -1..1, higher is better)"),
+        ("motion fidelity", f"{show(metrics['motion_fidelity'])}  (formula {metrics['formula']}; -1..1, higher is better)"),
+        ("  every formula", "  ".join(f"{name} {show(metrics['motion_fidelity_' + name])}" for name in FORMULAS)),
         ("path error", f"{show(metrics['path_error'])}  (frame fractions; 0 = the input's path, lower is better)"),
         ("temporal consistency", f"{show(metrics['temporal_consistency'])}  (1 = identical frames)"),
         ("frame difference", f"{show(metrics['frame_difference'])}  (lower is smoother)"),
@@ -848,6 +992,8 @@ def format_report(metrics: dict) -> str:
 
 
 __all__ = [
+    "DEFAULT_FORMULA", "FORMULAS", "fidelity", "fidelity_variants", "paired_fidelity", "real_video_tracker",
+    "similarity_matrix",
     "TRACKERS", "background_match", "classify_motion", "classify_shape", "color_layers", "detect_object", "edit_fidelity",
     "estimate_background", "evaluate", "format_report", "frame_difference", "json_safe", "looks_like_shapes",
     "motion_direction_match", "motion_fidelity", "normalise_tracks", "path_error", "point_tracks", "radial_profile",
