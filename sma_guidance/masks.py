@@ -114,16 +114,12 @@ def fit_mask(mask: np.ndarray, source_size: tuple[int, int], height: int, width:
     """``mask`` ``(F, h, w)`` at the run's size, as the input's frames are brought there: stretched to the
     input's ``source_size`` ``(H, W)`` when it has another size, then scaled to cover ``height x width`` and
     centre-cropped (:func:`~sma_guidance.video_io.resize_and_crop`). Returns float32 ``(F, height, width)``."""
+    from .video_io import cover_and_crop
+
     tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[:, None]
     if tuple(tensor.shape[-2:]) != tuple(source_size):
         tensor = F.interpolate(tensor, size=tuple(source_size), mode="bilinear", align_corners=False, antialias=True)
-    src_h, src_w = tensor.shape[-2:]
-    scale = max(height / src_h, width / src_w)
-    new_h, new_w = max(height, round(src_h * scale)), max(width, round(src_w * scale))
-    if (new_h, new_w) != (src_h, src_w):
-        tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return tensor[:, 0, top : top + height, left : left + width].clamp(0, 1).contiguous()
+    return cover_and_crop(tensor, height, width)[:, 0].clamp(0, 1).contiguous()
 
 
 def check_mask(mask: torch.Tensor, what: str = "the mask") -> None:

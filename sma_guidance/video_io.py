@@ -496,6 +496,13 @@ def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor
         raise UserError(f"video size must be positive, got {width}x{height} — fix the size")
     # astype copies, so read-only inputs (e.g. decoded buffers) are fine for torch.
     video = torch.from_numpy(np.asarray(frames).astype(np.float32)).permute(0, 3, 1, 2)
+    return (cover_and_crop(video, height, width) / 127.5 - 1.0).clamp_(-1.0, 1.0).contiguous()
+
+
+def cover_and_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Float frames ``(F, C, H, W)`` scaled, aspect ratio kept, by the smallest factor that makes them cover
+    ``height x width`` (bilinear, antialiased), then centre-cropped: ``(F, C, height, width)``. The policy of
+    :func:`resize_and_crop`, shared by everything that must line up with the input (a subject mask)."""
     src_h, src_w = video.shape[-2:]
     scale = max(height / src_h, width / src_w)
     # max() guards against rounding just below the target on the covering side.
@@ -506,8 +513,7 @@ def resize_and_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor
             video, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
         )
     top, left = (new_h - height) // 2, (new_w - width) // 2
-    video = video[:, :, top : top + height, left : left + width]
-    return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).contiguous()
+    return video[:, :, top : top + height, left : left + width]
 
 
 def load_video(

@@ -313,17 +313,11 @@ def train_motion_adapter(
             _advance(bar, record)
         tensors = {name: params[name].detach().to(model_dtype).clone().cpu() for name in names}
     finally:
-        if bar is not None and hasattr(bar, "close"):
-            bar.close()
         stack.close()
-        if checkpointing and not was_checkpointing:
-            unet.disable_gradient_checkpointing()
         with torch.no_grad():
             for name, tensor in originals.items():
                 params[name].data = tensor
-        for name, param in params.items():
-            param.requires_grad_(was_requires_grad[name])
-            param.grad = None
+        _end_training(unet, bar, checkpointing and not was_checkpointing, was_requires_grad)
     settings = {
         "steps": steps,
         "learning_rate": learning_rate,
@@ -430,13 +424,7 @@ def train_lora_adapter(
             tensors = {name: tensor.detach().clone().cpu()
                        for name, tensor in get_peft_model_state_dict(transformer, adapter_name=LORA_NAME).items()}
     finally:
-        if bar is not None and hasattr(bar, "close"):
-            bar.close()
-        if checkpointing and not was_checkpointing:
-            transformer.disable_gradient_checkpointing()
-        for name, param in transformer.named_parameters():
-            param.requires_grad_(was_requires_grad.get(name, False))
-            param.grad = None
+        _end_training(transformer, bar, checkpointing and not was_checkpointing, was_requires_grad)
     settings = {
         "steps": steps,
         "learning_rate": learning_rate,
@@ -451,6 +439,19 @@ def train_lora_adapter(
     }
     return MotionAdapter(tensors=tensors, base_model=base_model, architecture=architecture_hash(transformer),
                          loss_history=history, settings=settings, family=family)
+
+
+def _end_training(model: torch.nn.Module, bar: Any, stop_checkpointing: bool, was_requires_grad: dict[str, bool]) -> None:
+    """What every fine-tune undoes at its end, finished or not: the progress bar closed, the checkpointing it
+    switched on switched off, each parameter's ``requires_grad`` as it was (a parameter the run added, a LoRA
+    still loaded, frozen) and no gradient left behind."""
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    if stop_checkpointing:
+        model.disable_gradient_checkpointing()
+    for name, param in model.named_parameters():
+        param.requires_grad_(was_requires_grad.get(name, False))
+        param.grad = None
 
 
 def _train_step(objective: Callable[[], dict[str, torch.Tensor]], trainable: list[torch.Tensor],

@@ -85,7 +85,8 @@ def transfer(
     # only when the loaded model's family asks for another part (a family its folder did not tell).
     selection = (config.num_frames, config.start, config.duration)
     clip = read_clip(input_path, *selection)
-    subject_frames(input_path, config, clip.frames.shape[1:3])
+    subject = (config.height, config.width, config.mask, config.mask_box)  # what the mask was checked at
+    mask = subject_frames(input_path, config, clip.frames.shape[1:3])
     output = check_output_path(output or default_output(input_path), input_path)
     record = check_output_path_record(record_path(output), input_path)
     comparison = check_output_path(comparison_path(output), input_path) if side_by_side else None
@@ -110,6 +111,9 @@ def transfer(
     config = build_config(config_file, flags, family=pipe.backbone.name)  # the loaded model's family decides
     if (config.num_frames, config.start, config.duration) != selection:
         clip = read_clip(input_path, config.num_frames, config.start, config.duration)
+    if (config.num_frames, config.start, config.duration) != selection or \
+            (config.height, config.width, config.mask, config.mask_box) != subject:
+        mask = subject_frames(input_path, config, clip.frames.shape[1:3])
     if not chosen("inversion_steps", config_file, flags):
         fitted = pipe.fit_inversion_steps(config)
         if fitted.inversion_steps != config.inversion_steps and not quiet and on_note is not None:
@@ -117,7 +121,6 @@ def transfer(
                     f"through the {config.num_inference_steps} sampling steps)")
         config = fitted
     pipe.set_progress_bar_config(disable=quiet)
-    mask = subject_frames(input_path, config, clip.frames.shape[1:3])
     result = pipe(video=clip, prompt=prompt, config=config, mask=mask)
     written = export_to_video(result.frames[0], output, fps=result.fps)
     if save_adapter is not None:
