@@ -169,20 +169,30 @@ def ui_command(host: str, port: int, model: str, device: str) -> None:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", help="OUTPUT's prompt; a shapes-world prompt adds edit and motion checks.")
-@click.option("--tracker", type=click.Choice(["auto", "shapes", "klt", "points"]), default="auto", show_default=True,
-              help="shapes: object centroids (shapes-world renders); klt: OpenCV's Lucas-Kanade on a 30x30 query grid "
-                   "(any video; the eval extra); points: block-matched textured points; auto: shapes for renders, else klt.")
+@click.option("--tracker", type=click.Choice(["auto", "shapes", "klt", "cotracker", "points"]), default="auto", show_default=True,
+              help="shapes: object centroids (shapes-world renders); klt: OpenCV's Lucas-Kanade on DMT's query grid "
+                   "(any video; the eval extra); cotracker: CoTracker3, DMT's own tracker, from weights on disk; "
+                   "points: block-matched textured points; auto: shapes for renders, else klt.")
+@click.option("--tracker-weights", type=click.Path(path_type=Path),
+              help="CoTracker3's scaled_offline.pth. [default: torch hub's cache]")
+@click.option("--grid", type=click.IntRange(min=1), help="Query points per side of klt and cotracker. [default: 55, DMT's]")
+@click.option("--foreground-mask", type=click.Path(path_type=Path),
+              help="INPUT's first-frame mask: only query points in the box over it are tracked, in both clips (DMT's use_mask).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the metrics to this JSON file.")
 @reports_user_errors
-def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracker: str, json_path: Path | None) -> None:
-    """Score a motion transfer: how well OUTPUT follows INPUT's motion (DMT's motion fidelity), how
+def eval_command(input_path: Path, output_path: Path, prompt: str | None, tracker: str, tracker_weights: Path | None,
+                 grid: int | None, foreground_mask: Path | None, json_path: Path | None) -> None:
+    """Score a motion transfer: how well OUTPUT follows INPUT's motion (DMT's motion fidelity, every formula), how
     smooth it is, and, for a shapes-world PROMPT, whether it shows the prompted object and motion."""
     from sma_guidance.metrics import evaluate, format_report, json_safe
+    from sma_guidance.tracking import read_foreground
     from sma_guidance.video_io import read_frames
 
     if json_path is not None:  # fail before the (slow) tracking, not after it
         check_json_path(json_path, (input_path, output_path))
-    metrics = evaluate(read_frames(input_path)[0], read_frames(output_path)[0], prompt=prompt, method=tracker)
+    foreground = read_foreground(foreground_mask) if foreground_mask is not None else None
+    metrics = evaluate(read_frames(input_path)[0], read_frames(output_path)[0], prompt=prompt, method=tracker, grid=grid,
+                       foreground=foreground, tracker_weights=tracker_weights)
     click.echo(format_report(metrics))
     if json_path is not None:
         record = {"input": str(input_path), "output": str(output_path), "prompt": prompt}

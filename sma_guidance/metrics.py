@@ -16,9 +16,10 @@ import numpy as np
 
 from .errors import UserError
 from .shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, parse_prompt
-from .tracking import klt_tracks
+from .tracking import DMT_GRID, cotracker_grid, cotracker_tracks, dmt_box_mask, klt_tracks, points_in_box
 
-TRACKERS = ("auto", "shapes", "klt", "points")
+TRACKERS = ("auto", "shapes", "klt", "cotracker", "points")
+GRID_TRACKERS = frozenset({"klt", "cotracker"})  # both follow DMT's query grid: track i of two clips starts at one point
 LINEAR_MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 _COLOR_NAMES = tuple(COLORS)
@@ -297,10 +298,15 @@ def real_video_tracker() -> str:
     return "klt"
 
 
-def tracks(frames, method: str = "auto") -> tuple[np.ndarray, str]:
+def tracks(frames, method: str = "auto", grid: int | None = None, foreground=None, weights=None,
+           device: str = "cpu") -> tuple[np.ndarray, str]:
     """Tracks of a clip by ``method``: "shapes" (:func:`shape_tracks`), "klt"
-    (:func:`sma_guidance.tracking.klt_tracks`), "points" (:func:`point_tracks`) or "auto" — shapes for a
+    (:func:`sma_guidance.tracking.klt_tracks`), "cotracker" (:func:`sma_guidance.tracking.cotracker_tracks`,
+    CoTracker3 from ``weights`` on disk), "points" (:func:`point_tracks`) or "auto" — shapes for a
     shapes-world render (:func:`looks_like_shapes`), else :func:`real_video_tracker`'s.
+
+    ``grid`` (default DMT's 55) and ``foreground`` (a first-frame mask ``(H, W)``: only DMT's query points in
+    the box over it, :func:`sma_guidance.tracking.dmt_box_mask`) apply to the grid trackers, klt and cotracker.
 
     Returns:
         ``(tracks (N, F, 2) pixels, method used)``.
@@ -310,9 +316,16 @@ def tracks(frames, method: str = "auto") -> tuple[np.ndarray, str]:
         raise UserError(f"unknown tracker {method!r}; choose one of {', '.join(TRACKERS)}")
     if method == "auto":
         method = "shapes" if looks_like_shapes(frames) else real_video_tracker()
-    if method == "klt":
-        return klt_tracks(frames), method
-    return (shape_tracks(frames) if method == "shapes" else point_tracks(frames)), method
+    if method not in GRID_TRACKERS:
+        return (shape_tracks(frames) if method == "shapes" else point_tracks(frames)), method
+    grid = grid or DMT_GRID
+    box = None if foreground is None else dmt_box_mask(foreground)
+    if method == "cotracker":
+        return cotracker_tracks(frames, grid, box, weights, device), method
+    points = cotracker_grid(*frames.shape[1:3], grid)
+    if box is not None:
+        points = points[points_in_box(box, grid)]
+    return klt_tracks(frames, points=points), method
 
 
 _PLAIN_BACKGROUND = 0.6  # share of a shapes-world frame within 20 RGB of its background (renders: >= 0.86)
@@ -346,33 +359,76 @@ def normalise_tracks(tr: np.ndarray, height: int, width: int) -> np.ndarray:
 # ---- DMT motion fidelity -------------------------------------------------------------------------
 
 
+def _displacement_parts(tracks: np.ndarray, still: float) -> tuple[np.ndarray, ...]:
+    """Per track and frame step of ``tracks`` ``(N, F, 2)``: the unit displacement ``(N, F-1, 2)`` (0 where the
+    point is still or lost), and as floats ``(N, F-1)`` whether it moves (length >= ``still``), whether it is
+    still (known, shorter) and whether it is known at all."""
+    step = np.diff(tracks, axis=1)
+    length = np.linalg.norm(step, axis=-1)
+    known = np.isfinite(length)
+    moving = known & (length >= still)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = np.where(moving[..., None], step / length[..., None], 0.0)
+    return unit, moving.astype(np.float64), (known & ~moving).astype(np.float64), known.astype(np.float64)
+
+
+def _check_track_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:] or a.shape[2] != 2:
+        raise UserError(f"tracks must be (N, F, 2) with the same F, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def _mean_or_nan(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+
+
 def track_correlation(input_tracks, output_tracks, still=_STILL_PX, both_still: float = 1.0) -> np.ndarray:
     """``corr(τ, τ̃)`` for every pair: float64 ``(N, M)``, the mean over frames of the cosine between
     the two tracks' displacements ``track[1:] - track[:-1]``.
 
     Frames where either displacement is NaN are ignored. A displacement shorter than ``still``
     counts as no motion: both still → 1 (they agree), one still and one moving → 0 (no evidence
-    either way). A pair with no usable frame is NaN.
+    either way). A pair with no usable frame is NaN. Computed as sums over frames by matrix products,
+    in ``O(N·M)`` memory: DMT's 55 x 55 grid is 3025 tracks a side.
 
     Args:
         input_tracks: ``(N, F, 2)``; output_tracks: ``(M, F, 2)``, same F and units.
         still: threshold in track units; a pair ``(input, output)`` when their units differ.
         both_still: what a frame where both are still counts (1: agreement); NaN leaves it out.
     """
-    a, b = np.asarray(input_tracks, np.float64), np.asarray(output_tracks, np.float64)
-    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:] or a.shape[2] != 2:
-        raise UserError(f"tracks must be (N, F, 2) with the same F, got {a.shape} and {b.shape}")
+    a, b = _check_track_pair(input_tracks, output_tracks)
     still_a, still_b = (still, still) if np.isscalar(still) else still
-    da, db = np.diff(a, axis=1)[:, None], np.diff(b, axis=1)[None]  # (N, 1, F-1, 2), (1, M, F-1, 2)
-    na, nb = np.linalg.norm(da, axis=-1), np.linalg.norm(db, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (da * db).sum(-1) / (na * nb)
-    moving_a, moving_b = na >= still_a, nb >= still_b
-    cos = np.where(moving_a & moving_b, cos, np.where(moving_a | moving_b, 0.0, both_still))
-    valid = ~(np.isnan(na) | np.isnan(nb) | np.isnan(cos))
-    count = valid.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, np.where(valid, cos, 0.0).sum(-1) / count, np.nan)
+    unit_a, _, rest_a, known_a = _displacement_parts(a, still_a)
+    unit_b, _, rest_b, known_b = _displacement_parts(b, still_b)
+    total = unit_a[..., 0] @ unit_b[..., 0].T + unit_a[..., 1] @ unit_b[..., 1].T  # cosines where both move
+    count = known_a @ known_b.T
+    both_rest = rest_a @ rest_b.T
+    if np.isnan(both_still):
+        count = count - both_rest
+    else:
+        total = total + both_still * both_rest
+    return _mean_or_nan(total, count)
+
+
+def paired_correlation(input_tracks, output_tracks, still=_STILL_PX, both_still: float = 1.0) -> np.ndarray:
+    """The diagonal of :func:`track_correlation`: track ``i`` against track ``i`` only, float64 ``(N,)`` for
+    ``N`` tracks on each side."""
+    a, b = _check_track_pair(input_tracks, output_tracks)
+    if a.shape[0] != b.shape[0]:
+        raise UserError(f"paired tracks need as many on each side, got {a.shape[0]} and {b.shape[0]}")
+    still_a, still_b = (still, still) if np.isscalar(still) else still
+    unit_a, _, rest_a, known_a = _displacement_parts(a, still_a)
+    unit_b, _, rest_b, known_b = _displacement_parts(b, still_b)
+    total = (unit_a * unit_b).sum((-1, -2))
+    count = (known_a * known_b).sum(-1)
+    both_rest = (rest_a * rest_b).sum(-1)
+    if np.isnan(both_still):
+        count = count - both_rest
+    else:
+        total = total + both_still * both_rest
+    return _mean_or_nan(total, count)
 
 
 def motion_fidelity(input_tracks, output_tracks, still=_STILL_PX) -> float:
@@ -447,7 +503,8 @@ def path_error(input_tracks, output_tracks, still=_STILL_PX) -> float:
 #   clips cut to the shorter one's frames instead of resampled to the input's.
 # - "symmetric": ours, motion_fidelity above: both directions averaged, no identity (object tracks).
 # - "paired": ours, for grid tracks: track i against track i (the same query point), frames where both are
-#   still left out. The default for klt tracks: of the four, the only one that scores a still or reversed copy
+#   still left out, "still" as in "symmetric" (shorter than `still`: Lucas-Kanade drifts ~1e-4 px a frame on a
+#   frozen clip, which the exact-zero test would take for a direction). The default for grid tracks: of the four, the only one that scores a still or reversed copy
 #   of a real clip far below the clip itself (pipelines/bench/RESULTS.md, "Scoring real video").
 #
 # Static tracks: DMT's and DiTFlow's code divide a displacement by its length, so a point that does not move
@@ -491,6 +548,8 @@ def fidelity(input_tracks, output_tracks, formula: str = DEFAULT_FORMULA, still=
     if formula not in FORMULAS:
         raise UserError(f"unknown motion-fidelity formula {formula!r}; choose one of {', '.join(FORMULAS)}")
     still_in, still_out = (still, still) if np.isscalar(still) else still
+    if formula == "paired":  # ours: sub-pixel tracker drift on a static point (Lucas-Kanade's, ~1e-4 px) is no motion
+        return paired_fidelity(input_tracks, output_tracks, (still_in, still_out), same_grid)
     if formula != "symmetric":
         still_in = still_out = _EXACTLY_STILL  # the published code: any nonzero displacement is a direction
     matrix = similarity_matrix(output_tracks, input_tracks, (still_in, still_out))  # (M out, N in)
@@ -498,8 +557,6 @@ def fidelity(input_tracks, output_tracks, formula: str = DEFAULT_FORMULA, still=
         if matrix.size == 0 or np.isnan(matrix).all():
             return math.nan
         return 0.5 * (_nanmean_of_rowmax(matrix) + _nanmean_of_rowmax(matrix.T))
-    if formula == "paired":
-        return paired_fidelity(input_tracks, output_tracks, (still_in, still_out), same_grid)
     if same_grid and matrix.shape[0] == matrix.shape[1]:
         matrix = matrix - np.eye(matrix.shape[0])
     return _nanmean_of_rowmax(matrix)
@@ -515,8 +572,7 @@ def paired_fidelity(input_tracks, output_tracks, still=_STILL_PX, same_grid: boo
     a, b = np.asarray(input_tracks, np.float64), np.asarray(output_tracks, np.float64)
     if not same_grid or a.shape[0] != b.shape[0] or a.shape[0] == 0:
         return math.nan
-    pairs = np.array([track_correlation(a[i:i + 1], b[i:i + 1], still, both_still=math.nan)[0, 0]
-                      for i in range(a.shape[0])])
+    pairs = paired_correlation(a, b, still, both_still=math.nan)
     return float(np.nanmean(pairs)) if np.isfinite(pairs).any() else math.nan
 
 
@@ -865,13 +921,15 @@ def motion_direction_match(centroids, motion: str) -> bool:
 # ---- everything at once --------------------------------------------------------------------------
 
 
-def evaluate(input_frames, output_frames, prompt: str | None = None, method: str = "auto") -> dict:
+def evaluate(input_frames, output_frames, prompt: str | None = None, method: str = "auto", grid: int | None = None,
+             foreground=None, tracker_weights=None, device: str = "cpu") -> dict:
     """All metrics of one motion transfer.
 
     The output is resampled to the input's frame count (nearest index) and both clips' tracks are
     compared in normalised coordinates, so sizes and lengths may differ. With "auto", the shapes
     tracker is used only when BOTH clips look like shapes-world clips, so the two track sets always
-    come from the same tracker.
+    come from the same tracker. ``grid``, ``foreground`` (the input's first-frame mask; the same box restricts
+    both clips' grids, as in DMT's script), ``tracker_weights`` and ``device``: see :func:`tracks`.
 
     Returns:
         ``{"tracker", "formula", "motion_fidelity" (by the formula named: "paired" for klt's grid tracks, else
@@ -891,8 +949,10 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
     out = resample_nearest(out_full, len(inp))
     if method == "auto":
         method = "shapes" if looks_like_shapes(inp) and looks_like_shapes(out) else real_video_tracker()
-    tr_in, _ = tracks(inp, method)
-    tr_out, _ = tracks(out, method)
+    def track(frames: np.ndarray) -> np.ndarray:
+        return tracks(frames, method, grid, foreground, tracker_weights, device)[0]
+
+    tr_in, tr_out = track(inp), track(out)
     (hi, wi), (ho, wo) = inp.shape[1:3], out.shape[1:3]
     still = (_STILL_PX / max(hi, wi), _STILL_PX / max(ho, wo))  # 0.25 px in each clip's own pixels
     norm_in, norm_out = normalise_tracks(tr_in, hi, wi), normalise_tracks(tr_out, ho, wo)
@@ -900,12 +960,13 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
     if len(out_full) == len(inp):
         cut_in, cut_out = norm_in, norm_out
     else:  # DiTFlow cuts both clips to the shorter one instead of resampling the output
-        cut_in = norm_in[:, :shortest] if shortest == len(inp) else normalise_tracks(tracks(inp[:shortest], method)[0], hi, wi)
-        cut_out = normalise_tracks(tracks(out_full[:shortest], method)[0], ho, wo)
-    # Only klt queries one fixed grid (in frame fractions) in both clips, pairing track i with track i as
-    # CoTracker's grid does in DMT's script; objects and points seeded on each clip's texture are not paired.
-    variants = fidelity_variants(norm_in, norm_out, cut_out, cut_in, still, same_grid=method == "klt")
-    formula = "paired" if method == "klt" else DEFAULT_FORMULA
+        cut_in = norm_in[:, :shortest] if shortest == len(inp) else normalise_tracks(track(inp[:shortest]), hi, wi)
+        cut_out = normalise_tracks(track(out_full[:shortest]), ho, wo)
+    # Only the grid trackers query one fixed grid (in frame fractions) in both clips, pairing track i with
+    # track i as CoTracker's grid does in DMT's script; objects and points seeded on each clip are not paired.
+    paired = method in GRID_TRACKERS
+    variants = fidelity_variants(norm_in, norm_out, cut_out, cut_in, still, same_grid=paired)
+    formula = "paired" if paired else DEFAULT_FORMULA
     result = {
         "tracker": method,
         "formula": formula,
@@ -914,6 +975,8 @@ def evaluate(input_frames, output_frames, prompt: str | None = None, method: str
         "path_error": path_error(norm_in, norm_out, still),
         "input_tracks": len(tr_in),
         "output_tracks": len(tr_out),
+        "grid": (grid or DMT_GRID) if paired else None,
+        "foreground_box": paired and foreground is not None,
         "temporal_consistency": temporal_consistency(out_full),
         "frame_difference": frame_difference(out_full),
     }
@@ -970,8 +1033,10 @@ def format_report(metrics: dict) -> str:
             return "n/a (no tracks)" if math.isnan(value) else f"{value:.3f}"
         return "-" if value is None else str(value)
 
+    grid = metrics.get("grid")
+    query = "" if not grid else f"DMT's {grid}x{grid} query grid{' in the foreground box' if metrics.get('foreground_box') else ''}, "
     rows = [
-        ("tracker", f"{metrics['tracker']} ({metrics['input_tracks']} input / "
+        ("tracker", f"{metrics['tracker']} ({query}{metrics['input_tracks']} input / "
                     f"{metrics['output_tracks']} output tracks)"),
         ("motion fidelity", f"{show(metrics['motion_fidelity'])}  (formula {metrics['formula']}; -1..1, higher is better)"),
         ("  every formula", "  ".join(f"{name} {show(metrics['motion_fidelity_' + name])}" for name in FORMULAS)),
@@ -998,5 +1063,5 @@ __all__ = [
     "estimate_background", "evaluate", "format_report", "frame_difference", "json_safe", "looks_like_shapes",
     "motion_direction_match", "motion_fidelity", "normalise_tracks", "path_error", "point_tracks", "radial_profile",
     "resample_nearest", "seed_points", "shape_features", "shape_tracks", "single_clean_object", "temporal_consistency",
-    "track_correlation", "tracks",
+    "track_correlation", "tracks", "paired_correlation", "GRID_TRACKERS",
 ]

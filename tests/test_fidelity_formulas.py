@@ -103,3 +103,43 @@ def test_paired_leaves_out_frames_where_both_points_are_still():
     assert fidelity(moving, still, "paired") == 0.0  # a frozen copy: the moving point stopped
     assert fidelity(moving, still, "symmetric") > 0.4  # ours for objects: the static point agrees with it
     assert math.isnan(fidelity(still, still, "paired"))  # no motion on either side: nothing to score
+
+
+def naive_correlation(a: np.ndarray, b: np.ndarray, still: float, both_still: float) -> np.ndarray:
+    """track_correlation's definition, one pair and one frame at a time."""
+    result = np.full((len(a), len(b)), np.nan)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            values = []
+            for t in range(a.shape[1] - 1):
+                da, db = a[i, t + 1] - a[i, t], b[j, t + 1] - b[j, t]
+                if np.isnan(da).any() or np.isnan(db).any():
+                    continue
+                moving_a, moving_b = np.linalg.norm(da) >= still, np.linalg.norm(db) >= still
+                if moving_a and moving_b:
+                    values.append(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
+                elif moving_a or moving_b:
+                    values.append(0.0)
+                elif not math.isnan(both_still):
+                    values.append(both_still)
+            if values:
+                result[i, j] = np.mean(values)
+    return result
+
+
+@pytest.mark.parametrize("both_still", [1.0, math.nan])
+def test_the_matrix_products_match_the_frame_by_frame_definition(both_still):
+    from sma_guidance.metrics import paired_correlation, track_correlation
+
+    a, b = random_walks(5, 9, 4), random_walks(5, 9, 5)
+    a[1, 3:6] = a[1, 3]  # still stretches, on one side and on both
+    b[1, 4:7] = b[1, 4]
+    b[2] = b[2, :1]  # a point that never moves
+    a[3, 5:] = np.nan  # lost from frame 5
+    b[4, :] = np.nan  # never tracked
+    expected = naive_correlation(a, b, 0.25, both_still)
+    got = track_correlation(a, b, 0.25, both_still)
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], atol=1e-12)
+    diagonal = paired_correlation(a, b, 0.25, both_still)
+    assert np.allclose(diagonal, np.diag(expected), atol=1e-12, equal_nan=True)

@@ -309,7 +309,7 @@ def test_path_error_matches_each_input_track_to_its_best_output_track():
 
 BASE_KEYS = {"tracker", "formula", "motion_fidelity", "motion_fidelity_dmt", "motion_fidelity_ditflow",
              "motion_fidelity_symmetric", "motion_fidelity_paired", "path_error", "input_tracks", "output_tracks", "temporal_consistency",
-             "frame_difference"}
+             "frame_difference", "grid", "foreground_box"}
 
 
 def test_evaluate_all_keys_and_mismatched_sizes():

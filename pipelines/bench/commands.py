@@ -26,8 +26,8 @@ def bench() -> None:
     appearance` (the shapes model's plain samples of held-out prompts),
     `sma-guide bench speed` (time and memory of each stage), `sma-guide bench memory` (GPU memory, estimated),
     `sma-guide bench precision` (half-precision gradients against float32), `sma-guide bench inversion`
-    (what fewer inversion steps cost), `sma-guide bench masks` (subject masks) and `sma-guide bench windows`
-    (clips longer than the model's window)."""
+    (what fewer inversion steps cost), `sma-guide bench masks` (subject masks), `sma-guide bench windows`
+    (clips longer than the model's window) and `sma-guide bench set` (a benchmark set: DiTFlow's, MTBench, yours)."""
 
 
 @bench.command("quality")
@@ -501,3 +501,94 @@ def bench_windows(model: str, device: str, json_path: Path, strip_path: Path, qu
     write_json(json_path, {"model": model, "records": _without_frames(records)})
     click.echo(long_clips.markdown(records))
     click.echo(f"\nwrote {json_path} and {strip_path}")
+
+
+@bench.command("set")
+@click.argument("manifest", metavar="MANIFEST", type=click.Path(path_type=Path))
+@click.option("--clips", "clips_root", type=click.Path(path_type=Path),
+              help="Where the clips of a DiTFlow prompts.js are: DAVIS's JPEGImages/480p, or a folder of NAME.mp4.")
+@click.option("--model", default="shapes", show_default=True, help="Any --model of `sma-guide run`.")
+@click.option("--motion-adapter", help="AnimateDiff: a diffusers MotionAdapter (Hub id or folder) for an SD 1.5 --model.")
+@click.option("--methods", default="DMT,DMT + SMA", show_default=True,
+              help="Comma-separated; the first is the baseline of the paired differences. Choose from `bench quality`'s methods.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Sampling seeds per (clip, target).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N clips (a first look).")
+@click.option("--start", type=float, help="Seconds skipped in clips whose manifest gives no range. [default: 0]")
+@click.option("--duration", type=float, help="Seconds used of clips whose manifest gives no range. [default: to the end]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="JSON of SMAConfig fields over the model's preset (frames, size, steps, ...).")
+@click.option("--tracker", type=click.Choice(["klt", "cotracker", "shapes", "auto", "points"]), default="klt", show_default=True,
+              help="One tracker for the whole set, so that every video is scored alike: klt (DMT's grid, Lucas-Kanade), "
+                   "cotracker (DMT's own, weights on disk), shapes (object centroids, shapes-world sets); as `sma-guide eval`.")
+@click.option("--tracker-weights", type=click.Path(path_type=Path), help="CoTracker3's scaled_offline.pth. [default: torch hub's cache]")
+@click.option("--clip-model", help="CLIP weights folder for text alignment and CLIP temporal consistency. "
+                                   "[default: openai/clip-vit-base-patch32 from the Hugging Face cache; skipped when absent]")
+@click.option("--output", "out_dir", type=click.Path(path_type=Path), default=Path("bench_set"), show_default=True,
+              help="Folder of the videos, records.jsonl (a stopped run continues from it), results.json and results.md.")
+@click.option("--fresh", is_flag=True, help="Start over instead of continuing a stopped run with the same settings.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-video lines.")
+@reports_user_errors
+def bench_set(
+    manifest: Path, clips_root: Path | None, model: str, motion_adapter: str | None, methods: str, seeds: int,
+    limit: int | None, start: float | None, duration: float | None, config_file: Path | None, tracker: str,
+    tracker_weights: Path | None, clip_model: str | None, out_dir: Path, fresh: bool, device: str, dtype: str, quiet: bool,
+) -> None:
+    """Motion transfer on a benchmark set — our JSON manifest, DiTFlow's prompts.js (its 50 DAVIS clips) or
+    MTBench's folder — with each method, scored by every motion-fidelity formula and, with CLIP weights on
+    disk, CLIP text alignment and temporal consistency. Prints a markdown table and the paired differences."""
+    import dataclasses
+
+    from pipelines import SMAMotionTransferPipeline
+    from pipelines.bench.benchmark_sets import (
+        SET_METHODS, ProgressLog, read_set, record_key, run_set, write_results,
+    )
+    from pipelines.bench.clip_scores import load_clip_scorer
+    from pipelines.motion_transfer.inversion import model_fingerprint
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in SET_METHODS]
+    if unknown or not chosen:
+        raise UserError(f"unknown method {(unknown or [methods])[0]!r}; choose from: {', '.join(SET_METHODS)}")
+    items = read_set(manifest, clips_root)[:limit]
+    items = [item if item.start is not None or item.duration is not None else
+             dataclasses.replace(item, start=start, duration=duration) for item in items]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--output {out_dir} is a file; give a folder")
+    overrides = SMAConfig.read_file(config_file) if config_file is not None else {}
+    clip_scorer, clip_skipped = load_clip_scorer(clip_model)
+    pipe = SMAMotionTransferPipeline.load(model, device=device, dtype=dtype, motion_adapter=motion_adapter)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.fit_inversion_steps(pipe.default_config().replace(**overrides).validate())
+    settings = {"manifest": str(manifest), "model": model, "weights": model_fingerprint(pipe.denoiser, pipe.vae, pipe.text_encoder),
+                "config": config.to_dict(), "tracker": tracker, "tracker_weights": str(tracker_weights or ""),
+                "clip_model": None if clip_scorer is None else str(clip_model or "default")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = ProgressLog(out_dir / "records.jsonl", settings)
+    wanted = {(i.name, t, m, s) for i in items for t in i.targets for m in chosen for s in range(seeds)}
+    earlier = [] if fresh else [r for r in progress.load() if record_key(r) in wanted]
+    progress.start(earlier)
+    if earlier:
+        click.echo(f"continuing a stopped run: {len(earlier)} of {len(wanted)} videos already made ({progress.path})", err=True)
+    if clip_skipped:
+        click.echo(f"note: CLIP scores skipped: {clip_skipped}", err=True)
+    clock = time.perf_counter()
+
+    def report(record: dict[str, Any]) -> None:
+        progress.append(record)
+        if not quiet:
+            fidelity = record["motion_fidelity"]
+            shown = "n/a" if fidelity is None else f"{fidelity:+.3f}"
+            click.echo(f"{record['clip']} / {record['target']} / {record['method']} / seed {record['seed']}: fidelity "
+                       f"{shown} ({record['formula']}, {record['tracker']}, {record['tracks']} tracks) "
+                       f"{record['seconds']:.1f}s", err=True)
+
+    records = run_set(pipe, items, chosen, out_dir, config, tuple(range(seeds)), tracker, tracker_weights, clip_scorer,
+                      frozenset(record_key(r) for r in earlier), report)
+    records = earlier + records
+    settings.update(clips=len(items), seeds=seeds, methods=chosen, videos=len(records),
+                    seconds_total=time.perf_counter() - clock, resumed_videos=len(earlier))
+    table = write_results(out_dir, records, chosen, settings, clip_skipped)
+    click.echo(table)
+    click.echo(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'results.md'} and {len(records)} videos under {out_dir / 'videos'}")
