@@ -79,6 +79,9 @@ def main() -> None:
 @click.option("--mask", type=click.Path(path_type=Path), help="Whose motion to transfer: an image, a video or an image folder "
                                                               "(one per frame), white on the subject.")
 @click.option("--mask-box", metavar="X0,Y0,X1,Y1", help="The subject as a box in pixels of the input (instead of --mask).")
+@click.option("--new-scene/--keep-scene", "new_scene", default=None,
+              help="new: the prompt sets the background too — the inversion is kept only on the subject (--mask, "
+                   "--mask-box, or the box around what moves) and the rest is drawn afresh. [default: keep]")
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")
@@ -155,14 +158,22 @@ def run_command(
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--model", default="shapes", show_default=True, help="The model the page starts with (any --model of `sma-guide run`).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--auth", metavar="USER:PASSWORD", help="Credentials the page asks for; needed beyond loopback. "
+              "[default: $SMA_GUIDE_AUTH]")
+@click.option("--models", metavar="A,B,...", help="The models the page may load. [default: the built-in models, "
+              "plus any folder or Hub id on loopback only]")
+@click.option("--queue", "queue_size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Runs that may wait behind the running one; beyond them the page says it is busy.")
+@click.option("--max-upload-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
 @reports_user_errors
-def ui_command(host: str, port: int, model: str, device: str) -> None:
-    """A local web page: upload a clip or pick a sample, set the prompt, model, mode and knobs, follow the
+def ui_command(host: str, port: int, model: str, device: str, auth: str | None, models: str | None, queue_size: int,
+               max_upload_mb: int) -> None:
+    """A web page: upload a clip or pick a sample, set the prompt, model, mode and knobs, follow the
     progress, watch the side-by-side and download the video, its JSON and a trained adapter.
     Needs the ui extra: pip install -e ".[ui]"."""
     from pipelines.frontends.ui import launch
 
-    launch(host, port, model, device)
+    launch(host, port, model, device, auth, models, queue_size, max_upload_mb)
 
 
 @main.command("eval")

@@ -7,9 +7,11 @@ that a run stopped by a bad input (checked earlier) leaves no empty folders behi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,31 +19,67 @@ from .errors import UserError
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` (same suffix, so writers that pick a format by
     extension still work); move it over ``path`` when the block succeeds, delete it when it fails.
     An existing file at ``path`` is untouched until the new one is complete. Missing parent folders
-    are created first and removed again (when still empty) if the write fails."""
+    are created first and removed again (when still empty) if the write fails. A full disk (ENOSPC) is a
+    :class:`UserError` naming ``path``, the space ``needed`` (bytes, when the caller knows it) and what is free."""
     path = Path(path)
     created = _make_parents(path)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
         for folder in created:  # deepest first
             with contextlib.suppress(OSError):  # another writer may have put a file there meanwhile
                 folder.rmdir()
+        if is_disk_full(error):
+            raise UserError(disk_full_message(path, needed)) from None
         raise
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps: video encoders re-raise) is a full disk or quota (ENOSPC, EDQUOT)."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def disk_full_message(path: str | os.PathLike, needed: int | None = None) -> str:
+    """One line for a write that found the disk full: the path, the space it needs, what is free."""
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))
+    try:
+        free = f"; {_size(shutil.disk_usage(folder).free)} free there"
+    except OSError:
+        free = ""
+    wants = f" (about {_size(needed)} needed{free})" if needed else f" ({free[2:]})" if free else ""
+    return f"no space left on the device to write {path}{wants}: free some space, or write elsewhere; nothing was kept"
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (values JSON cannot hold as their ``str``), atomically: the project's
     one JSON writer (run records, benchmark results). Returns the path."""
     path = Path(path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    with atomic_write(path, needed=len(text.encode())) as tmp:
+        tmp.write_text(text)
     return path
 
 
@@ -83,4 +121,4 @@ def check_writable_folder(path: str | os.PathLike, what: str = "output") -> Path
     return nearest
 
 
-__all__ = ["atomic_write", "check_writable_folder"]
+__all__ = ["atomic_write", "check_writable_folder", "disk_full_message", "is_disk_full", "write_json"]

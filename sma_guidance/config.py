@@ -158,6 +158,10 @@ class SMAConfig:
     # reaches past its outline, and cut at the outline the model loses it (pipelines/bench/RESULTS.md, "Subject
     # masks": 0 cells lost the masked object on the shapes model, 2 kept it).
     mask_margin: int = 2
+    # New scene: the prompt sets the background too. Without a mask, the subject is found in the input (the
+    # box around what moves, sma_guidance.masks.moving_subject_boxes); the initial latent keeps the inversion
+    # only there and draws the rest of the frame afresh (pipelines/bench/RESULTS.md, "New scenes").
+    new_scene: bool = False
 
     # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1): VMC's 400
     # steps (SMA: 400-500) on its trainable set.

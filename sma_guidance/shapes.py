@@ -217,11 +217,15 @@ def _sdf(shape: str, size: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.maximum(dy, slanted) - inradius
 
 
-def _coverage_along(shape: str, size: float, centres: np.ndarray, frame_size: int) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of ``shape`` centred at ``centres`` ``(F, 2)``: float32
-    ``(F, frame_size, frame_size)``. ``clip(0.5 - sdf, 0, 1)``: a linear ramp one pixel wide across each
-    edge, which is the exact area fraction for axis-aligned edges."""
+def _coverage_along(shape: str, size, centres: np.ndarray, frame_size: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of ``shape`` centred at ``centres`` ``(F, 2)``, of ``size`` px (one, or
+    one per frame ``(F,)``: an object growing or shrinking): float32 ``(F, frame_size, frame_size)``.
+    ``clip(0.5 - sdf, 0, 1)``: a linear ramp one pixel wide across each edge, which is the exact area
+    fraction for axis-aligned edges."""
     centres = np.asarray(centres, np.float32)
+    size = np.asarray(size, np.float32)
+    if size.ndim == 1:
+        size = size[:, None, None]
     grid = np.arange(frame_size, dtype=np.float32)
     dx = grid[None, None, :] - centres[:, 0, None, None]
     dy = grid[None, :, None] - centres[:, 1, None, None]
@@ -248,17 +252,31 @@ def render(spec: ClipSpec) -> np.ndarray:
     return _draw(spec.background, [(coverage(obj, spec.num_frames, spec.size), obj.color) for obj in spec.objects])
 
 
-def render_path(path, shape: str, color: str, size: float, background: str, frame_size: int = 64) -> np.ndarray:
+def render_path(path, shape: str, color: str, size, background: str, frame_size: int = 64) -> np.ndarray:
     """Draw one object along any centre path ``(F, 2)`` (pixels ``(x, y)``, y down), including paths
-    the world's motions never make (a spiral, an S-curve, stop-and-go): uint8 ``(F, frame_size,
-    frame_size, 3)``, anti-aliased as :func:`render`."""
-    _check_choice("shape", shape, SHAPES)
-    _check_choice("color", color, COLORS)
+    the world's motions never make (a spiral, an S-curve, stop-and-go), at ``size`` px or one size per frame
+    (growing, shrinking): uint8 ``(F, frame_size, frame_size, 3)``, anti-aliased as :func:`render`."""
+    return render_paths([(path, shape, color, size)], background, frame_size)
+
+
+def render_paths(objects, background: str, frame_size: int = 64) -> np.ndarray:
+    """Draw several objects, each ``(path (F, 2), shape, color, size or sizes (F,))`` as :func:`render_path`,
+    composited in order: uint8 ``(F, frame_size, frame_size, 3)``."""
     _check_choice("background", background, BACKGROUNDS)
-    centres = np.asarray(path, np.float32)
-    if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
-        raise UserError(f"a path must be (frames >= 2, 2) pixel positions, got shape {centres.shape}")
-    return _draw(background, [(_coverage_along(shape, size, centres, frame_size), color)])
+    layers = []
+    for path, shape, color, size in objects:
+        _check_choice("shape", shape, SHAPES)
+        _check_choice("color", color, COLORS)
+        centres = np.asarray(path, np.float32)
+        if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
+            raise UserError(f"a path must be (frames >= 2, 2) pixel positions, got shape {centres.shape}")
+        sizes = np.asarray(size, np.float32)
+        if sizes.ndim == 1 and len(sizes) != len(centres):
+            raise UserError(f"one size per frame: {len(sizes)} sizes for a {len(centres)}-frame path")
+        layers.append((_coverage_along(shape, sizes, centres, frame_size), color))
+    if len({len(alpha) for alpha, _ in layers}) != 1:
+        raise UserError("every path of one clip needs the same number of frames")
+    return _draw(background, layers)
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -469,6 +487,6 @@ def centroids(frames: np.ndarray, color_rgb, tol: float = 60) -> np.ndarray:
 __all__ = [
     "BACKGROUNDS", "COLORS", "DIAGONALS", "MOTIONS", "MOTION_PHRASES", "SHAPES",
     "ClipSpec", "ObjectSpec", "caption", "centre_bounds", "centroids", "coverage", "object_mask",
-    "parse_prompt", "random_caption", "render", "render_path", "sample_clip", "sample_clip_spec", "shape_extents",
+    "parse_prompt", "random_caption", "render", "render_path", "render_paths", "sample_clip", "sample_clip_spec", "shape_extents",
     "trajectory", "vocabulary",
 ]

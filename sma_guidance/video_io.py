@@ -585,7 +585,7 @@ def export_to_video(frames, output_path: str | os.PathLike, fps: float = DEFAULT
     fps = _positive_fps(fps)
     video = to_uint8(_stack(frames))
     try:
-        with atomic_write(path) as tmp:
+        with atomic_write(path, needed=video.nbytes // 20) as tmp:  # H.264 / VP9 / GIF: well under 1/20 of the raw frames
             _write(video, tmp, fps)
     except Exception as exc:
         if not isinstance(exc, UserError):
@@ -753,6 +753,6 @@ def save_image(image: np.ndarray, output_path: str | os.PathLike) -> str:
     if path.suffix.lower() != ".png":
         raise UserError(f"a picture must be written as .png, got {path}")
     check_writable_folder(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path, needed=np.asarray(image).nbytes) as tmp:
         iio.imwrite(tmp, np.ascontiguousarray(image), extension=".png")
     return str(path)

@@ -341,7 +341,7 @@ def test_bench_speed_and_memory_on_the_tiny_model(tmp_path):
 
 
 def test_fake_estimate_matches_real_tensors_on_the_tiny_model(pipe):
-    from pipelines.bench.memory import estimate_memory, stage_memory
+    from pipelines.motion_transfer.memory_estimate import estimate_memory, stage_memory
 
     config = pipe.default_config().replace(**FAST, activation_checkpointing="off").validate()
     pipe.scheduler.set_timesteps(config.num_inference_steps)

@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipelines.bench.memory import (
+from pipelines.motion_transfer.memory_estimate import (
     component_configs,
     estimate_memory,
     memory_table,
@@ -113,7 +113,7 @@ def test_an_estimate_leaves_no_shape_only_tensors_behind():
 
 
 def test_the_wan_lora_step_estimate_counts_on_fake_tensors_what_real_ones_hold():
-    from pipelines.bench.memory import _fake_pipeline, estimate_fine_tune_memory, lora_step_memory
+    from pipelines.motion_transfer.memory_estimate import _fake_pipeline, estimate_fine_tune_memory, lora_step_memory
     from pipelines.motion_transfer.backbones.wan import flow_scheduler
 
     # The estimate's own components built on real tensors (its placeholder tokenizer pads to Wan's 512 tokens).

@@ -240,7 +240,7 @@ def test_the_real_architecture_is_wan_2_1_1_3b():
 
 
 def test_memory_estimate_fits_a_24_gb_card_at_49_frames():
-    from pipelines.bench.memory import estimate_memory
+    from pipelines.motion_transfer.memory_estimate import estimate_memory
     from sma_guidance.config import SMAConfig
 
     config = SMAConfig.for_model("wan2.1-1.3b-arch", family="wan", num_frames=49).validate()

@@ -34,8 +34,9 @@ def bench() -> None:
 @click.option("--model", default="shapes", show_default=True, help="Model to benchmark (a shapes-world model).")
 @click.option("--quick", is_flag=True,
               help="The headline in minutes: one pair per motion, one seed, reconstruction / inversion only / DMT / DMT + SMA.")
-@click.option("--pairs", "pair_set", type=click.Choice(["held-out", "unseen-paths"]), default="held-out", show_default=True,
-              help="held-out: clips of every motion of the shapes world; unseen-paths: 5 paths none of its motions makes (spiral, S-curve, ...).")
+@click.option("--pairs", "pair_set", type=click.Choice(["held-out", "unseen-paths", "new-scene"]), default="held-out", show_default=True,
+              help="held-out: clips of every motion of the shapes world; unseen-paths: 5 paths none of its motions makes (spiral, S-curve, ...); "
+                   "new-scene: 14 clips (every motion, growing, shrinking, stop-and-go, circling beside a still object, two apart) whose targets name another background.")
 @click.option("--per-motion", type=click.IntRange(min=1), default=None, help="Pairs per motion (9 motions). [default: 3; --quick: 1]")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Sampling seeds per pair. [default: 2; --quick: 1]")
 @click.option("--methods", help="Comma-separated methods. [default: all but the ablations 'DMT + global', 'DMT + local', 'fine-tune + SMA (abs)'; --quick: its four]")
@@ -59,7 +60,7 @@ def bench_quality(
 
     from pipelines import SMAMotionTransferPipeline
     from pipelines.bench.quality import (
-        DEFAULT_METHODS, METHODS, QUICK_METHODS, ProgressLog, benchmark_pairs, comparison_lines, comparisons,
+        DEFAULT_METHODS, METHODS, NEW_SCENE_METHODS, QUICK_METHODS, ProgressLog, benchmark_pairs, comparison_lines, comparisons,
         markdown_table, record_key, run_benchmark, run_parallel, sort_records, summarize, write_json,
     )
     from pipelines.motion_transfer.inversion import model_fingerprint
@@ -67,7 +68,8 @@ def bench_quality(
     per_motion = per_motion or (1 if quick else 3)
     seeds = seeds or (1 if quick else 2)
     json_path = json_path or Path("bench_quality_quick.json" if quick else "bench_quality.json")
-    chosen = [m.strip() for m in methods.split(",")] if methods else (QUICK_METHODS if quick else DEFAULT_METHODS)
+    chosen = [m.strip() for m in methods.split(",")] if methods else (
+        NEW_SCENE_METHODS if pair_set == "new-scene" else QUICK_METHODS if quick else DEFAULT_METHODS)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
@@ -235,7 +237,7 @@ def bench_memory(
     choice (fake tensors; a lower bound); prints a markdown table, writes JSON."""
     import torch
 
-    from pipelines.bench.memory import (
+    from pipelines.motion_transfer.memory_estimate import (
         component_configs, estimate_fine_tune_memory, estimate_memory, fine_tune_table, memory_table,
     )
 

@@ -153,7 +153,7 @@ def inversion_time(pipe: Any, config: Any, preset_steps: int) -> dict[str, Any]:
 def check_model(model: str, device: str, log: Any) -> dict[str, Any]:
     import torch
 
-    from pipelines.bench.memory import estimate_memory
+    from pipelines.motion_transfer.memory_estimate import estimate_memory
     from pipelines.bench.precision import run_precision_benchmark
     from pipelines.bench.terms import run_terms_benchmark
 

@@ -49,12 +49,17 @@ METHODS: dict[str, dict[str, Any]] = {
     "both": {"mode": "both"},
     # Not in the default run: the official SMA code's |δ| residuals, for the signed-vs-abs question.
     "fine-tune + SMA (abs)": {"mode": "fine-tune", "residual": "abs"},
+    # --new-scene: the inversion only on what moves, the rest of the frame drawn afresh (the new-scene pairs).
+    "DMT (new scene)": {"lambda_global": 0.0, "lambda_local": 0.0, "new_scene": True},
+    "DMT + SMA (new scene)": {"new_scene": True},
 }
 # Sampled with the clip's own caption (source prompt) and scored against it.
 SOURCE_PROMPT_METHODS = frozenset({"reconstruction"})
 # The single-term ablations and the |δ| variant run on request (--methods): leaving them out keeps the
 # default run under an hour on a 2-core CPU at DMT's optimization budget.
-OPTIONAL_METHODS = ("DMT + global", "DMT + local", "fine-tune + SMA (abs)")
+OPTIONAL_METHODS = ("DMT + global", "DMT + local", "fine-tune + SMA (abs)", "DMT (new scene)", "DMT + SMA (new scene)")
+# `--pairs new-scene`: the two starts, each with and without SMA's terms.
+NEW_SCENE_METHODS = ["DMT", "DMT + SMA", "DMT (new scene)", "DMT + SMA (new scene)"]
 DEFAULT_METHODS = [name for name in METHODS if name not in OPTIONAL_METHODS]
 # `sma-guide bench quality --quick`: the headline (one pair per motion, one seed).
 QUICK_METHODS = ["reconstruction", "inversion only", "DMT", "DMT + SMA"]
@@ -62,9 +67,10 @@ QUICK_METHODS = ["reconstruction", "inversion only", "DMT", "DMT + SMA"]
 COMPARISONS = (
     ("DMT + SMA", "DMT"), ("DMT + global", "DMT"), ("DMT + local", "DMT"), ("DMT", "inversion only"),
     ("fine-tune + SMA", "fine-tune"),
+    ("DMT + SMA (new scene)", "DMT (new scene)"), ("DMT + SMA (new scene)", "DMT + SMA"), ("DMT (new scene)", "DMT"),
 )
 
-PAIRED_METRICS = ("motion_fidelity", "motion_match", "path_error")
+PAIRED_METRICS = ("motion_fidelity", "motion_match", "path_error", "background_match")
 METRICS = (
     "motion_fidelity", "motion_match", "path_error", "color_match", "shape_match", "background_match", "temporal_consistency",
     "seconds", "inversion_seconds",
@@ -84,6 +90,10 @@ class Pair:
     source_prompt: str
     target_prompt: str
     path: str = ""
+    # What the output's motion is scored against (default: frames): the moving objects alone, where the
+    # clip also holds a still one that a new scene may redraw as background.
+    reference: np.ndarray | None = None
+    edit_scored: bool = True  # colour and shape: only for a one-object target prompt
 
     @property
     def motion(self) -> str:
@@ -117,14 +127,16 @@ def held_out_pairs(per_motion: int = 3, num_frames: int = 8, seed: int = HELD_OU
     return pairs
 
 
-PAIR_SETS = ("held-out", "unseen-paths")
+PAIR_SETS = ("held-out", "unseen-paths", "new-scene")
 
 
 def benchmark_pairs(pair_set: str = "held-out", per_motion: int = 3, num_frames: int = 8) -> list[Pair]:
     """The pairs of a benchmark run: ``"held-out"`` (:func:`held_out_pairs`, ``per_motion`` for every
-    motion) or ``"unseen-paths"`` (:func:`unseen_path_pairs`)."""
+    motion), ``"unseen-paths"`` (:func:`unseen_path_pairs`) or ``"new-scene"`` (:func:`new_scene_pairs`)."""
     if pair_set == "unseen-paths":
         return unseen_path_pairs(num_frames)
+    if pair_set == "new-scene":
+        return new_scene_pairs(num_frames)
     return held_out_pairs(per_motion, num_frames)
 
 
@@ -158,10 +170,75 @@ def unseen_path_pairs(num_frames: int = 8, seed: int = HELD_OUT_SEED + 1) -> lis
     return pairs
 
 
+def _other_background(rng: np.random.Generator, background: str) -> str:
+    return str(rng.choice([b for b in shapes.BACKGROUNDS if b != background]))
+
+
+def _new_scene_prompt(rng: np.random.Generator, color: str, shape: str, background: str) -> str:
+    """An object of another colour and shape on a background other than the clip's."""
+    other_color = str(rng.choice([c for c in shapes.COLORS if c != color]))
+    other_shape = str(rng.choice([s for s in shapes.SHAPES if s != shape]))
+    return f"a {other_color} {other_shape} on a {_other_background(rng, background)} background"
+
+
+def new_scene_pairs(num_frames: int = 8, seed: int = HELD_OUT_SEED + 2) -> list[Pair]:
+    """Pairs whose every target prompt names a background other than the clip's: one clip of each world
+    motion, then motions that are more than one translation, rendered along paths the training never drew
+    (held out): an object growing while it moves right, one shrinking while it moves down, stop-and-go, one
+    circling beside a still one (scored against the circling one alone: a new scene may redraw the still one
+    as background), and two objects moving apart (a two-object target; its colour and shape are not scored)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for motion in shapes.MOTIONS:
+        spec = shapes.sample_clip_spec(rng, num_frames=num_frames, p_two=0, motion=motion)
+        obj = spec.objects[0]
+        pairs.append(Pair(len(pairs), spec, shapes.render(spec), shapes.caption(spec, drop_motion=True),
+                          _new_scene_prompt(rng, obj.color, obj.shape, spec.background)))
+    t = np.linspace(0.0, 1.0, num_frames)
+
+    def one(name: str, path: np.ndarray, size) -> None:
+        color, shape = str(rng.choice(list(shapes.COLORS))), str(rng.choice(list(shapes.SHAPES)))
+        background = str(rng.choice(list(shapes.BACKGROUNDS)))
+        frames = shapes.render_path(path, shape, color, size, background)
+        pairs.append(Pair(len(pairs), None, frames, f"a {color} {shape} on a {background} background",
+                          _new_scene_prompt(rng, color, shape, background), path=name))
+
+    one("growing, right", np.stack([14 + 34 * t, np.full_like(t, 34.0)], 1), 10 + 12 * t)
+    one("shrinking, down", np.stack([np.full_like(t, 30.0), 14 + 34 * t], 1), 22 - 12 * t)
+    ease = np.concatenate([np.zeros(num_frames // 2), np.linspace(0.0, 1.0, num_frames - num_frames // 2)])
+    one("stop-and-go", np.stack([12 + 40 * (0.15 * t + 0.85 * ease), 44 - 24 * t], 1), 14.0)
+
+    colors = [str(c) for c in rng.choice(list(shapes.COLORS), 2, replace=False)]
+    shape_pair = [str(s) for s in rng.choice(list(shapes.SHAPES), 2)]
+    background = str(rng.choice(list(shapes.BACKGROUNDS)))
+    angle = 1.5 * np.pi * t
+    circling = np.stack([22 + 12 * np.cos(angle), 32 - 12 * np.sin(angle)], 1)
+    still = np.tile([[52.0, 50.0]], (num_frames, 1))
+    frames = shapes.render_paths([(circling, shape_pair[0], colors[0], 14.0), (still, shape_pair[1], colors[1], 12.0)], background)
+    reference = shapes.render_path(circling, shape_pair[0], colors[0], 14.0, background)
+    pairs.append(Pair(len(pairs), None, frames,
+                      f"a {colors[0]} {shape_pair[0]} and a {colors[1]} {shape_pair[1]} on a {background} background",
+                      _new_scene_prompt(rng, colors[0], shape_pair[0], background), path="circling, other still",
+                      reference=reference))
+
+    colors = [str(c) for c in rng.choice(list(shapes.COLORS), 2, replace=False)]
+    shape_pair = [str(s) for s in rng.choice(list(shapes.SHAPES), 2)]
+    background = str(rng.choice(list(shapes.BACKGROUNDS)))
+    left, right = np.stack([28 - 18 * t, 24 + 0 * t], 1), np.stack([36 + 18 * t, 40 + 0 * t], 1)
+    frames = shapes.render_paths([(left, shape_pair[0], colors[0], 12.0), (right, shape_pair[1], colors[1], 12.0)], background)
+    targets = [str(c) for c in rng.choice([c for c in shapes.COLORS if c not in colors], 2, replace=False)]
+    pairs.append(Pair(len(pairs), None, frames,
+                      f"a {colors[0]} {shape_pair[0]} and a {colors[1]} {shape_pair[1]} on a {background} background",
+                      f"a {targets[0]} {shape_pair[1]} and a {targets[1]} {shape_pair[0]} on a "
+                      f"{_other_background(rng, background)} background", path="two apart", edit_scored=False))
+    return pairs
+
+
 def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str, float]:
     """Metrics of one output ``(F, H, W, 3)`` uint8 against its pair; ``prompt`` (default the pair's
     target prompt) is what the colour and shape must match."""
-    result = metrics.evaluate(pair.frames, output, prompt=prompt or pair.target_prompt, method="shapes")
+    reference = pair.frames if pair.reference is None else pair.reference
+    result = metrics.evaluate(reference, output, prompt=prompt or pair.target_prompt, method="shapes")
     detected = metrics.detect_object(output)
     if pair.motion in shapes.MOTIONS:
         moved = float(detected is not None and metrics.motion_direction_match(detected["centroids"], pair.motion))
@@ -171,8 +248,8 @@ def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str
         "motion_fidelity": float(result["motion_fidelity"]),
         "motion_match": moved,
         "path_error": float(result["path_error"]),
-        "color_match": float(bool(result.get("color_match", False))),
-        "shape_match": float(bool(result.get("shape_match", False))),
+        "color_match": float(bool(result.get("color_match", False))) if pair.edit_scored else math.nan,
+        "shape_match": float(bool(result.get("shape_match", False))) if pair.edit_scored else math.nan,
         # NaN when the target prompt names no background: nothing was asked, so nothing can be missed
         "background_match": float(result["background_match"]) if "background_match" in result else math.nan,
         "temporal_consistency": float(result["temporal_consistency"]),
@@ -418,8 +495,9 @@ def comparison_lines(table: dict[str, dict[str, tuple[float, float, int]]]) -> s
 
     lines = []
     for name, row in table.items():
-        (fm, fe, n), (mm, me, _), (pm, pe, _) = (row[metric] for metric in PAIRED_METRICS)
-        lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)}, path error {show(pm, pe)} "
+        (fm, fe, n), (mm, me, _), (pm, pe, _), (bm, be, _) = (row[metric] for metric in PAIRED_METRICS)
+        lines.append(f"- {name}: motion fidelity {show(fm, fe)}, motion match {show(mm, me)}, path error {show(pm, pe)}, "
+                     f"background match {show(bm, be)} "
                      f"(paired mean ± standard error over {n} clips, seeds averaged within a clip)")
     return "\n".join(lines)
 
@@ -474,7 +552,7 @@ def write_json(path: str | Path, records: list[dict[str, Any]], summary: dict, s
 
 
 __all__ = [
-    "COMPARISONS", "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "OPTIONAL_METHODS", "PAIRED_METRICS", "PAIR_SETS", "QUICK_METHODS",
+    "COMPARISONS", "DEFAULT_METHODS", "HELD_OUT_SEED", "METHODS", "OPTIONAL_METHODS", "NEW_SCENE_METHODS", "PAIRED_METRICS", "PAIR_SETS", "QUICK_METHODS",
     "Pair", "ProgressLog", "benchmark_pairs", "comparison_lines", "comparisons", "held_out_pairs", "markdown_table",
     "method_config", "paired_difference", "record_key", "run_benchmark", "run_parallel", "score", "sort_records",
     "summarize", "unseen_path_pairs", "unseen_paths", "write_json",

@@ -54,6 +54,11 @@ _FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["u
 
 KEEP_RUNS = 8  # run folders kept on disk; Gradio serves its own copies of the files, so older ones can go
 _RUN_PREFIX = "sma-guide-run-"
+QUEUE = 8  # runs waiting behind the one running; a submission beyond them is told the page is busy
+MAX_UPLOAD_MB = 200  # a 1080p clip of a minute; the page resamples to a few dozen frames anyway
+AUTH_ENV = "SMA_GUIDE_AUTH"  # USER:PASSWORD, kept out of the shell history
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
+MASK_SUFFIXES = (*VIDEO_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,63 @@ def import_gradio() -> Any:
     except ImportError:
         raise UserError('the web page needs gradio: pip install -e ".[ui]"') from None
     return gradio
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``USER:PASSWORD`` (from ``--auth`` or :data:`AUTH_ENV`) as a pair; ``None`` when not given."""
+    if value is None or not value.strip():
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise UserError(f"--auth / {AUTH_ENV} is USER:PASSWORD with both parts non-empty (got {len(value)} characters "
+                        "without a USER:PASSWORD shape)")
+    return user.strip(), password
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """What the page may load: ``allowed`` by name, and, when ``any_local`` (loopback without --models),
+    also any other model a user types (a local folder or a Hub id), as the CLI would."""
+
+    allowed: tuple[str, ...]
+    any_local: bool
+
+    def check(self, model: str | None) -> None:
+        model = (model or "").strip()
+        if model and model not in self.allowed and not self.any_local:
+            raise UserError(f"this page may load only {', '.join(self.allowed)} (the server's --models); "
+                            f"{model!r} is not one of them")
+
+
+def model_policy(host: str, models: str | None, start: str) -> ModelPolicy:
+    """The page's :class:`ModelPolicy`: ``--models A,B,...`` when given (the starting model must be one of
+    them), else the built-in models plus, on loopback only, anything typed."""
+    if models is not None:
+        allowed = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+        if not allowed:
+            raise UserError("--models lists no model; give them comma-separated, e.g. --models shapes,tiny-random")
+        if start not in allowed:
+            raise UserError(f"--model {start} is not in --models ({', '.join(allowed)}); add it, or start with one of them")
+        return ModelPolicy(allowed, any_local=False)
+    return ModelPolicy(tuple(dict.fromkeys((start, *MODELS))), any_local=is_loopback(host))
+
+
+def check_upload(path: str | Path | None, suffixes: tuple[str, ...], what: str) -> None:
+    """Only the file types the page takes: a video (the clip), an image or video (the mask)."""
+    if path and Path(path).suffix.lower() not in suffixes:
+        raise UserError(f"{what} must be one of {', '.join(suffixes)} (got {Path(path).name})")
 
 
 def sample_clips() -> dict[str, Path]:
@@ -122,6 +184,9 @@ def run_transfer(
     says whose motion to transfer."""
     if not video:
         raise UserError("no input clip: upload a video or pick a bundled sample")
+    check_upload(video, VIDEO_SUFFIXES, "the input clip")
+    check_upload(mask, MASK_SUFFIXES, "the mask")
+    check_upload(adapter, (".safetensors",), "the motion adapter")
     values = {name: (int(value) if name in INTEGER_KNOBS else float(value)) for name, value in knobs.items()
               if value is not None}
     flags = {"model": (model or "").strip() or None, "source_prompt": source_prompt or None, "mode": mode,
@@ -147,9 +212,11 @@ def _prune_runs(parent: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_app(model: str = "shapes", device: str = "auto") -> Any:
-    """The page, a ``gradio.Blocks`` (not yet launched); ``model`` is the model it starts with."""
+def build_app(model: str = "shapes", device: str = "auto", policy: ModelPolicy | None = None) -> Any:
+    """The page, a ``gradio.Blocks`` (not yet launched); ``model`` is the model it starts with, ``policy`` what
+    it may load (default: :func:`model_policy` on loopback)."""
     gr = import_gradio()
+    policy = policy or model_policy("127.0.0.1", None, model)
     pipelines: dict[tuple[str | None, ...], Any] = {}  # one load per model for the life of the page
     # Removed with the page (its finalizer runs at exit); Gradio's cached copies go after an hour.
     runs_folder = tempfile.TemporaryDirectory(prefix="sma-guide-ui-")
@@ -166,6 +233,7 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                      optimization_steps=optimization_steps, lambda_global=lambda_global, lambda_local=lambda_local,
                      train_steps=train_steps, seed=seed, window=window, overlap=overlap)
         try:
+            policy.check(chosen_model)
             files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines,
                                  runs_folder=runs_folder.name, mask=mask, mask_box=mask_box)
         except UserError as err:
@@ -187,8 +255,9 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
                 prompt = gr.Textbox(label="Prompt: what the output shows", elem_id="prompt",
                                     placeholder="a yellow triangle on a black background")
                 source_prompt = gr.Textbox(label="Source prompt: what the input shows (optional)", elem_id="source-prompt")
-                chosen_model = gr.Dropdown(list(dict.fromkeys((model, *MODELS))), value=model, allow_custom_value=True,
-                                           label="Model (or a Hub id / local diffusers folder)", elem_id="model")
+                chosen_model = gr.Dropdown(list(policy.allowed), value=model, allow_custom_value=policy.any_local,
+                                           label="Model (or a Hub id / local diffusers folder)" if policy.any_local else "Model",
+                                           elem_id="model")
                 mode = gr.Radio(list(MODES), value="zero-shot", label="Mode", elem_id="mode")
                 adapter = gr.File(label="Motion adapter to reuse (.safetensors, optional)", file_types=[".safetensors"],
                                   type="filepath", elem_id="adapter")
@@ -220,14 +289,24 @@ def build_app(model: str = "shapes", device: str = "auto") -> Any:
     return app
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, model: str = "shapes", device: str = "auto") -> None:
-    """Serve the page at http://HOST:PORT until Ctrl-C (local only: no share link)."""
+def launch(host: str = "127.0.0.1", port: int = 7860, model: str = "shapes", device: str = "auto",
+           auth: str | None = None, models: str | None = None, queue: int = QUEUE, max_upload_mb: int = MAX_UPLOAD_MB) -> None:
+    """Serve the page at http://HOST:PORT until Ctrl-C (no share link). Beyond loopback it needs credentials
+    (``auth`` "USER:PASSWORD", else :data:`AUTH_ENV`); ``models`` (comma-separated) is what it may load; one
+    run at a time with ``queue`` waiting, beyond which a submission is refused; uploads up to ``max_upload_mb``."""
+    credentials = parse_auth(auth if auth is not None else os.environ.get(AUTH_ENV))
+    if credentials is None and not is_loopback(host):
+        raise UserError(f"--host {host} opens the page to the network: give --auth USER:PASSWORD (or set {AUTH_ENV}="
+                        "USER:PASSWORD, which stays out of the shell history), or serve on 127.0.0.1")
+    policy = model_policy(host, models, model)
     gr = import_gradio()
-    app = build_app(model, device)
+    app = build_app(model, device, policy)
     try:
-        app.queue(default_concurrency_limit=1).launch(  # one run at a time: the cached pipelines are not thread-safe
+        # One run at a time (the cached pipelines are not thread-safe); Gradio refuses what is beyond the queue.
+        app.queue(default_concurrency_limit=1, max_size=queue).launch(
             server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
             pwa=False, allowed_paths=[str(SAMPLES)], theme=gr.themes.Default(**_FONTS), footer_links=[],
+            auth=credentials, max_file_size=f"{max_upload_mb}mb",
         )
     except OSError as err:
         raise UserError(f"cannot serve on {host}:{port} ({err}); choose another --port or --host") from None

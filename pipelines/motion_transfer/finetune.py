@@ -87,7 +87,8 @@ class MotionAdapter:
             "layers": json.dumps(sorted(self.tensors)),
             "settings": json.dumps(self.settings, default=str),
         }
-        with atomic_write(path) as tmp:
+        needed = sum(v.numel() * v.element_size() for v in self.tensors.values())
+        with atomic_write(path, needed=needed) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, str(tmp), metadata=metadata)
         return path
 

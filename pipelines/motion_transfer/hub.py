@@ -25,7 +25,11 @@ def looks_local(model: str) -> bool:
 
 
 def from_pretrained(pipeline_cls: type, model: str, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
-    """``pipeline_cls.from_pretrained(model)`` quietly, its failures as one :class:`UserError`."""
+    """``pipeline_cls.from_pretrained(model)`` quietly, its failures as one :class:`UserError`. A folder's own
+    code never runs (``trust_remote_code=False``: a component naming a module of the folder is refused), and
+    a pickle weight file is read only by torch's ``weights_only`` loader (diffusers' default; safetensors are
+    preferred where both exist)."""
+    kwargs["trust_remote_code"] = False
     try:
         with quiet_loading():
             return pipeline_cls.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)

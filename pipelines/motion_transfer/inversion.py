@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,8 +21,8 @@ import torch
 from diffusers import DDIMInverseScheduler
 from safetensors.torch import load_file, save_file
 
-from sma_guidance.atomic import atomic_write
-from sma_guidance.errors import UserError
+from sma_guidance.atomic import atomic_write, disk_full_message, is_disk_full
+from sma_guidance.errors import UserAdvice, UserError
 
 
 def inversion_timesteps(scheduler_config: dict, inversion_steps: int) -> torch.Tensor:
@@ -141,14 +142,22 @@ class InversionCache:
         return {_timestep(name[1:]): tensor for name, tensor in tensors.items()}
 
     def save(self, key: str, latents: dict[int | float, torch.Tensor]) -> Path | None:
-        """Write atomically; a cache that cannot be written is skipped (the run itself goes on). Float
+        """Write atomically; a cache that cannot be written is skipped (the run itself goes on; a full disk
+        says so in one warning line, :class:`UserAdvice`, with the path and the space needed). Float
         timesteps (flow matching) are written with ``repr``, which reads back to the same float."""
+        needed = sum(x.numel() * x.element_size() for x in latents.values())
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.path(key)) as tmp:
+            with atomic_write(self.path(key), needed=needed) as tmp:
                 save_file({f"t{t}": x.detach().contiguous().cpu() for t, x in latents.items()}, str(tmp))
             return self.path(key)
-        except OSError:
+        except UserError as error:  # atomic_write's full-disk message; the half-written entry is gone
+            warnings.warn(f"the inversion is not cached: {error}", UserAdvice, stacklevel=2)
+            return None
+        except OSError as error:
+            if is_disk_full(error):
+                warnings.warn(f"the inversion is not cached: {disk_full_message(self.path(key), needed)}", UserAdvice,
+                              stacklevel=2)
             return None
 
 

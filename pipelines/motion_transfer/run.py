@@ -75,9 +75,7 @@ def transfer(
         raise UserError("the prompt is empty; describe what the output should show")
     if not input_path.exists():
         raise UserError(f"input not found: {input_path} — check the path")
-    from sma_guidance.video_io import (
-        check_output_path, check_readable, export_to_video, frame_strip, read_clip, save_image, side_by_side as stack,
-    )
+    from sma_guidance.video_io import check_output_path, check_readable, read_clip
 
     check_readable(input_path)  # junk is refused before build_config imports diffusers
     config = build_config(config_file, flags)
@@ -121,37 +119,95 @@ def transfer(
                     f"through the {config.num_inference_steps} sampling steps)")
         config = fitted
     pipe.set_progress_bar_config(disable=quiet)
-    result = pipe(video=clip, prompt=prompt, config=config, mask=mask)
-    written = export_to_video(result.frames[0], output, fps=result.fps)
+    try:
+        result = pipe(video=clip, prompt=prompt, config=config, mask=mask)
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise UserError(out_of_memory_message(pipe, config)) from None
+        raise
+    written_files: list[Path] = []
+    try:
+        _write_outputs(pipe, clip, config, result, output, comparison, picture, save_adapter, written_files)
+        # Written last: a record beside the output means the run finished (batch skips such jobs).
+        write_json(record, _run_record(input_path, written_files[0], prompt, pipe, config, result, save_adapter))
+    except BaseException:
+        for path in written_files:  # a run that could not write everything leaves nothing (a full disk)
+            path.unlink(missing_ok=True)
+        raise
+    return Written(written_files[0], record, comparison, picture, save_adapter)
+
+
+def _write_outputs(pipe: Any, clip: Any, config: SMAConfig, result: Any, output: Path, comparison: Path | None,
+                   picture: Path | None, save_adapter: Path | None, written: list[Path]) -> None:
+    """The run's files but the record, each appended to ``written`` once complete (the output first)."""
+    from sma_guidance.video_io import export_to_video, frame_strip, save_image, side_by_side as stack
+
+    written.append(Path(export_to_video(result.frames[0], output, fps=result.fps)))
     if save_adapter is not None:
         result.adapter.save(save_adapter)
+        written.append(Path(save_adapter))
     if comparison is not None or picture is not None:
         frames, _ = pipe.prepare_video(clip, config)  # resized only, not decoded again
         shown = (frames.permute(0, 2, 3, 1) + 1) / 2
         if comparison is not None:
-            export_to_video(stack(shown, result.frames[0]), comparison, fps=result.fps)
+            written.append(Path(export_to_video(stack(shown, result.frames[0]), comparison, fps=result.fps)))
         if picture is not None:
             scale = max(1, 256 // max(config.height, config.width))  # small clips: pixels a person can see
-            save_image(frame_strip(shown, result.frames[0], scale=scale), picture)
-    # Written last: a record beside the output means the run finished (batch skips such jobs).
-    write_json(
-        record,
-        {
-            "input": str(input_path),
-            "output": str(written),
-            "prompt": prompt,
-            "fps": result.fps,
-            "family": pipe.backbone.name,
-            "config": result.config,
-            "sampler": result.sampler,
-            "loss_history": result.loss_history,
-            "timings": result.timings,
-            "windows": result.windows,
-            "adapter": str(save_adapter or config.adapter or "") or None,
-            "train_loss_history": result.train_loss_history,
-        },
-    )
-    return Written(Path(written), record, comparison, picture, save_adapter)
+            written.append(Path(save_image(frame_strip(shown, result.frames[0], scale=scale), picture)))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU out-of-memory error: CUDA's (``torch.OutOfMemoryError``) or MPS's (a RuntimeError saying so)."""
+    import torch
+
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, out_of_memory) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def out_of_memory_message(pipe: Any, config: SMAConfig) -> str:
+    """One line for a run that ran out of GPU memory: the estimate for this model and size, what was free,
+    and the flags that lower it. The allocator's cache is emptied first, so the next run (the page's, a
+    batch's next job) starts clean."""
+    import torch
+
+    device = pipe.device
+    free = ""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        available, total = torch.cuda.mem_get_info(device)
+        free = f"; {available / 2**30:.1f} of {total / 2**30:.1f} GiB free on {device} now"
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+    try:
+        from .memory_estimate import estimate_memory
+
+        estimate = estimate_memory(config.model, config, pipe.dtype, (config.activation_checkpointing,))
+        peak = estimate["checkpointing"][config.activation_checkpointing]["peak_bytes"]
+        size = f"{peak / 2**30:.1f} GiB" if peak >= 2**30 else f"{peak / 2**20:.0f} MiB"
+        needs = f"needs about {size} (estimate)"
+    except Exception:  # noqa: BLE001 — a model the estimator cannot rebuild: say so, keep the advice
+        needs = "could not be estimated (sma-guide bench memory)"
+    return (f"out of GPU memory: {config.model} at {config.num_frames} frames of {config.height}x{config.width} "
+            f"{needs}{free}; lower it with --activation-checkpointing layers, fewer --frames, --vae-tiling, "
+            "--vae-batch-size 1 (the inversion cache is kept; nothing was written)")
+
+
+def _run_record(input_path: Path, output: Path, prompt: str, pipe: Any, config: SMAConfig, result: Any,
+                save_adapter: Path | None) -> dict[str, Any]:
+    return {
+        "input": str(input_path),
+        "output": str(output),
+        "prompt": prompt,
+        "fps": result.fps,
+        "family": pipe.backbone.name,
+        "config": result.config,
+        "sampler": result.sampler,
+        "loss_history": result.loss_history,
+        "timings": result.timings,
+        "windows": result.windows,
+        "adapter": str(save_adapter or config.adapter or "") or None,
+        "train_loss_history": result.train_loss_history,
+    }
 
 
 def build_config(config_file: Path | None, flags: dict[str, Any], family: str | None = None) -> SMAConfig:
