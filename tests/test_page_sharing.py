@@ -69,6 +69,16 @@ def test_what_the_page_may_load():
         model_policy("0.0.0.0", "shapes", "tiny-random")
 
 
+def test_the_shared_page_refuses_a_model_it_may_not_load():
+    import gradio as gr
+
+    from pipelines.frontends.ui import build_app
+
+    app = build_app("tiny-random", device="cpu", policy=model_policy("0.0.0.0", None, "tiny-random"))
+    with pytest.raises(gr.Error, match="may load only"):
+        app.on_run(str(SAMPLE), "a cat", "", "/etc", "zero-shot", None, *[None] * 11)
+
+
 def test_only_video_uploads_are_taken(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
@@ -187,7 +197,7 @@ def _run_args(prompt: str, steps: int = 4) -> list:
 def test_shared_page_asks_for_the_password(tmp_path, offline_env):
     from gradio_client import Client
 
-    child, url = _serve(tmp_path, offline_env, "--host", "0.0.0.0", "--auth", "ann:secret")
+    child, url = _serve(tmp_path, offline_env, "--host", "0.0.0.0", "--auth", "ann:secret", "--max-upload-mb", "1")
     try:
         assert _status(url + "config") == 401  # over 127.0.0.1, without the password: no page
         with pytest.raises(ValueError, match="Could not login"):
@@ -196,6 +206,14 @@ def test_shared_page_asks_for_the_password(tmp_path, offline_env):
         _, video, record, _ = client.predict(*_run_args("a yellow square"), api_name="/on_run")
         assert Path(video["video"] if isinstance(video, dict) else video).stat().st_size > 0
         assert json.loads(Path(record).read_text())["prompt"] == "a yellow square"
+        big = tmp_path / "big.mp4"
+        big.write_bytes(os.urandom(2 * 2**20))  # over --max-upload-mb 1
+        from gradio_client import handle_file
+
+        args = _run_args("too big")
+        args[0] = handle_file(str(big))
+        with pytest.raises(Exception, match="(?i)size|large|exceed"):
+            client.predict(*args, api_name="/on_run")
     finally:
         _stop(child)
 
