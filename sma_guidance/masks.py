@@ -26,7 +26,6 @@ __all__ = [
     "fit_mask",
     "mask_array",
     "masked_mean",
-    "moving_subject_boxes",
     "pool_frames",
     "read_mask",
     "resize_mask",
@@ -160,35 +159,6 @@ def subject_mask(
     fitted = fit_mask(frames, source_size, height, width)
     check_mask(fitted, what)
     return fitted
-
-
-_MOVING_RGB = 30.0  # RGB distance from the clip's temporal median that counts as "moving" (codec noise: < 10)
-_WHOLE_FRAME = 0.9  # a box over this share of the frame: the camera moves, not a subject
-
-
-def moving_subject_boxes(frames, threshold: float = _MOVING_RGB) -> np.ndarray:
-    """Where the subject is, for a new scene: per frame, the box around the pixels that differ from the
-    clip's temporal median by more than ``threshold`` (RGB distance; the median is the still background when
-    the subject moves by more than its size). ``frames`` uint8 ``(F, H, W, 3)``; returns float32 ``(F, H, W)``,
-    1 in the box. A frame where nothing differs takes the union of the others' boxes.
-
-    Raises :class:`UserError` when nothing moves, or when the boxes cover nearly the whole frame (a moving
-    camera): the subject must then be given (``--mask`` / ``--mask-box``)."""
-    frames = np.asarray(frames, np.float32)
-    moving = np.linalg.norm(frames - np.median(frames, axis=0), axis=-1) > threshold
-    boxes = np.zeros(moving.shape, np.float32)
-    for index, pixels in enumerate(moving):
-        rows, cols = np.nonzero(pixels)
-        if len(rows):
-            boxes[index, rows.min():rows.max() + 1, cols.min():cols.max() + 1] = 1
-    found = boxes.reshape(len(boxes), -1).max(1) > 0
-    if not found.any():
-        raise UserError("--new-scene found nothing moving in the input; give the subject with --mask or --mask-box")
-    boxes[~found] = boxes[found].max(0)
-    if boxes.mean((1, 2)).mean() >= _WHOLE_FRAME:
-        raise UserError("--new-scene: nearly the whole frame moves (a moving camera?), so no subject stands out; "
-                        "give it with --mask or --mask-box")
-    return boxes
 
 
 def pool_frames(mask: torch.Tensor, groups: Sequence[tuple[int, int]]) -> torch.Tensor:

@@ -1,6 +1,5 @@
-"""A new scene (``--new-scene``): the subject found in the input (the box around what moves), the inversion
-kept only there, the rest of the frame drawn afresh; the renderer's growing and shrinking objects and the
-new-scene benchmark pairs."""
+"""A new scene (``--new-scene``): a start that keeps no inversion (only inside a given mask) and the preset's
+recipe for it; the renderer's growing and shrinking objects and the new-scene benchmark pairs."""
 
 from __future__ import annotations
 
@@ -8,57 +7,39 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import moving_square_frames, quiet_pipeline
+from conftest import quiet_pipeline
 from pipelines.bench.quality import new_scene_pairs
-from sma_guidance import masks, shapes
+from sma_guidance import shapes
+from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
 
 
-def test_the_subject_box_is_the_box_around_what_moves():
-    frames = np.zeros((4, 32, 32, 3), np.uint8)
-    for n in range(4):
-        frames[n, 10:16, 4 + 6 * n:10 + 6 * n] = 255  # a 6 px square stepping 6 px right
-    boxes = masks.moving_subject_boxes(frames)
-    for n in range(4):
-        expected = np.zeros((32, 32), np.float32)
-        expected[10:16, 4 + 6 * n:10 + 6 * n] = 1  # the median is the black background: the square itself
-        assert np.array_equal(boxes[n], expected)
-
-
-def test_a_frame_where_nothing_moves_takes_the_union_and_nothing_moving_is_an_error():
-    frames = np.zeros((5, 16, 16, 3), np.uint8)
-    frames[1, 2:5, 2:5] = 200
-    frames[3, 8:12, 9:13] = 200
-    boxes = masks.moving_subject_boxes(frames)
-    union = np.maximum(boxes[1], boxes[3])
-    assert np.array_equal(boxes[0], union) and np.array_equal(boxes[2], union) and boxes[1].sum() == 9
-    with pytest.raises(UserError, match="nothing moving"):
-        masks.moving_subject_boxes(np.zeros((3, 8, 8, 3), np.uint8))
-    noise = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    with pytest.raises(UserError, match="moving camera"):
-        masks.moving_subject_boxes(noise)
-
-
-def test_a_new_scene_keeps_the_inversion_only_on_the_subject():
+def test_a_new_scene_starts_from_fresh_noise_or_keeps_the_inversion_only_in_a_mask():
     pipe = quiet_pipeline("tiny-random")
     config = pipe.default_config().replace(num_frames=4, new_scene=True, mask_margin=0)  # DMT's factor-4 start
-    video = moving_square_frames(4)
-    frames, _ = pipe.prepare_video(video, config)
-    subject = pipe.prepare_mask(video, None, config, (64, 64), frames)
-    shown = ((frames.permute(0, 2, 3, 1) + 1) * 127.5).round().numpy()
-    assert torch.equal(subject.cpu(), torch.from_numpy(masks.moving_subject_boxes(shown)))
     inverted = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    start = pipe.prepare_latents(inverted, config, torch.Generator().manual_seed(3), mask=subject)
     noise = torch.randn(inverted.shape, generator=torch.Generator().manual_seed(3))
-    cells = masks.resize_mask(subject.float(), (8, 8))
-    outside, inside = cells == 0, cells == 1
-    assert inside.any() and outside.any()
-    for frame in range(4):  # fresh noise outside even though the preset's start keeps low frequencies
-        assert torch.equal(start[0, :, frame][:, outside[frame]], noise[0, :, frame][:, outside[frame]])
-        assert torch.equal(start[0, :, frame][:, inside[frame]], inverted[0, :, frame][:, inside[frame]])
-    kept = pipe.prepare_latents(inverted, config.replace(new_scene=False), torch.Generator().manual_seed(3), mask=subject)
-    assert not torch.equal(kept[0, :, 0][:, outside[0]], noise[0, :, 0][:, outside[0]])  # keep: DMT's start there
-    assert pipe.prepare_mask(video, None, config.replace(new_scene=False), (64, 64), frames) is None
+    assert torch.equal(pipe.prepare_latents(inverted, config, torch.Generator().manual_seed(3)), noise)
+    keep = pipe.prepare_latents(inverted, config.replace(new_scene=False), torch.Generator().manual_seed(3))
+    assert not torch.equal(keep, noise)  # keep: DMT's start, the inversion's low frequencies
+    mask = torch.zeros(4, 64, 64)
+    mask[:, 24:40, 24:40] = 1  # latent cells 3..4
+    start = pipe.prepare_latents(inverted, config, torch.Generator().manual_seed(3), mask=mask)
+    assert torch.equal(start[..., 3:5, 3:5], inverted[..., 3:5, 3:5])
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[3:5, 3:5] = False
+    assert torch.equal(start[..., outside], noise[..., outside])  # fresh noise, not DMT's start
+
+
+def test_a_new_scene_takes_the_presets_recipe():
+    plain = SMAConfig.for_model("shapes").validate()
+    scene = plain.replace(new_scene=True).validate().for_scene()
+    assert (scene.mode, scene.eta, scene.learning_rate_start, scene.learning_rate_end) == ("both", 1.0, 0.06, 0.04)
+    assert plain.for_scene() == plain  # keep scene: unchanged
+    bare = SMAConfig(new_scene=True)
+    assert bare.for_scene() == bare  # no recipe in the preset: the settings as they are
+    with pytest.raises(UserError, match="new_scene_mode"):
+        SMAConfig(new_scene_mode="sideways").validate()
 
 
 def test_a_new_scene_run_writes_the_mode_in_its_record(tmp_path):

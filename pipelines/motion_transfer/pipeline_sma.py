@@ -42,7 +42,7 @@ from sma_guidance.dmt import initial_latent
 from sma_guidance.errors import UserAdvice, UserError
 from sma_guidance.features import FeatureRecorder
 from sma_guidance.guidance import classifier_free_guidance
-from sma_guidance.masks import composite, dilate, moving_subject_boxes, pool_frames, resize_mask, subject_mask
+from sma_guidance.masks import composite, dilate, pool_frames, resize_mask, subject_mask
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.precision import LossScale
 from sma_guidance.video_io import (
@@ -222,19 +222,13 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         finally:
             self._windows = saved
 
-    def prepare_mask(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int],
-                     frames: torch.Tensor | None = None) -> torch.Tensor | None:
+    def prepare_mask(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int]) -> torch.Tensor | None:
         """The subject mask ``(F, H, W)`` in [0, 1] at the run's frames and size, or ``None`` without one:
-        ``mask`` (a path, array or tensor), else ``config.mask`` / ``config.mask_box``, else, for a new scene
-        (``config.new_scene``), the boxes around what moves in the run's ``frames`` ``(F, 3, H, W)`` in [-1, 1]
-        (:func:`~sma_guidance.masks.moving_subject_boxes`). A mask with one frame holds for every frame; one
-        per run frame is taken as it is; any other count is matched to the frames the run picked from
-        ``video`` (``source_size``: its frame size ``(H, W)``)."""
+        ``mask`` (a path, array or tensor), else ``config.mask`` / ``config.mask_box``. A mask with one frame
+        holds for every frame; one per run frame is taken as it is; any other count is matched to the frames
+        the run picked from ``video`` (``source_size``: its frame size ``(H, W)``)."""
         if mask is None:
             mask = config.mask
-        if mask is None and config.mask_box is None and config.new_scene and frames is not None:
-            shown = ((frames.permute(0, 2, 3, 1).float().cpu() + 1) * 127.5).round().clamp(0, 255).numpy()
-            mask = moving_subject_boxes(shown)
         if mask is None and config.mask_box is None:
             return None
         positions, count = None, None
@@ -517,6 +511,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
         chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
         config = self.with_feature_layers((config or self.default_config()).replace(**explicit, **overrides).validate())
+        config = config.for_scene()
         self.backbone.check(self, config)
         self.sampler.check_eta(config.eta)
         if chosen:
@@ -763,7 +758,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         # 2. read the clip and the subject's mask (at the latent's frames), plan the temporal windows
         frames, fps, source_size = self._prepare_video(video, config)
         fps = config.fps or fps
-        subject = self.prepare_mask(video, mask, config, source_size, frames)
+        subject = self.prepare_mask(video, mask, config, source_size)
         windows = self.temporal_windows(config)
         timesteps = self.sampling_timesteps(config.num_inference_steps)
 
@@ -864,11 +859,14 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         of the inversion ``inverted`` at the first timestep — its frequencies below ``config``'s cut-off kept,
         the rest drawn from ``generator`` (:func:`sma_guidance.dmt.initial_latent`). With a subject ``mask``
         ``(F, H, W)``: the exact inversion inside the mask grown by ``config.mask_margin`` latent cells, and
-        outside it that initial latent, or fresh noise where the preset keeps the whole inversion or the run asks
-        for a new scene (``config.new_scene``), so that the rest of the frame follows the prompt."""
+        outside it that initial latent, or fresh noise where the preset keeps the whole inversion, so that the
+        rest of the frame follows the prompt. A new scene (``config.new_scene``) keeps no inversion outside the
+        mask, and none at all without one: the latent is fresh noise."""
         if latents is not None:
             return latents.to(self.device, torch.float32)
         noise = torch.randn(inverted.shape, generator=generator).to(self.device)
+        if config.new_scene and mask is None:
+            return noise
         initial = self.initial_latent(inverted, noise, config.downsample_factor, config.low_pass_grid)
         if mask is None:
             return initial
