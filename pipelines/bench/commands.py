@@ -87,10 +87,7 @@ def bench_quality(
          "pairs": pair_set, "config": config.to_dict()},
     )
     wanted = {(m, p.index, s) for m in chosen for p in pairs for s in range(seeds)}
-    earlier = [] if fresh else [r for r in progress.load() if record_key(r) in wanted]
-    progress.start(earlier)
-    if earlier:
-        click.echo(f"continuing a stopped run: {len(earlier)} of {len(wanted)} videos already made ({progress.path})", err=True)
+    earlier = _resume(progress, wanted, record_key, fresh)
     clock = time.perf_counter()
 
     def report(record: dict[str, Any]) -> None:
@@ -124,6 +121,16 @@ def bench_quality(
     if paired:
         click.echo("\n" + comparison_lines(paired))
     click.echo(f"\nwrote {json_path} ({settings['seconds_total']:.0f} s in all, {workers} worker(s))")
+
+
+def _resume(progress: Any, wanted: set, key: Any, fresh: bool) -> list[dict[str, Any]]:
+    """The records of a stopped run with the same settings that this run still wants (none with ``fresh``);
+    the progress log starts again from them, and the user is told how many there are."""
+    earlier = [] if fresh else [r for r in progress.load() if key(r) in wanted]
+    progress.start(earlier)
+    if earlier:
+        click.echo(f"continuing a stopped run: {len(earlier)} of {len(wanted)} videos already made ({progress.path})", err=True)
+    return earlier
 
 
 def _int_list(text: str | None, what: str) -> tuple[int, ...]:
@@ -569,10 +576,7 @@ def bench_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressLog(out_dir / "records.jsonl", settings)
     wanted = {(i.name, t, m, s) for i in items for t in i.targets for m in chosen for s in range(seeds)}
-    earlier = [] if fresh else [r for r in progress.load() if record_key(r) in wanted]
-    progress.start(earlier)
-    if earlier:
-        click.echo(f"continuing a stopped run: {len(earlier)} of {len(wanted)} videos already made ({progress.path})", err=True)
+    earlier = _resume(progress, wanted, record_key, fresh)
     if clip_skipped:
         click.echo(f"note: CLIP scores skipped: {clip_skipped}", err=True)
     clock = time.perf_counter()
