@@ -37,12 +37,12 @@ from sma_guidance import metrics
 from sma_guidance.atomic import write_json
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
+from sma_guidance.video_io import VIDEO_EXTENSIONS
 
 from .quality import METHODS, SOURCE_PROMPT_METHODS, ProgressLog
 
 SET_METHODS = [name for name in METHODS if name not in SOURCE_PROMPT_METHODS]
 DEFAULT_SET_METHODS = ["DMT", "DMT + SMA"]
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
 SCORES = ("motion_fidelity", *(f"motion_fidelity_{name}" for name in metrics.FORMULAS), "clip_text_alignment",
           "clip_temporal_consistency", "temporal_consistency", "seconds")
 
@@ -65,7 +65,7 @@ class SetClip:
 def find_clip(root: Path, name: str) -> Path:
     """The clip ``name`` under ``root``: ``NAME.<video>``, a folder ``NAME`` of frames, or DAVIS's
     ``JPEGImages/480p/NAME``."""
-    candidates = [root / f"{name}{suffix}" for suffix in VIDEO_SUFFIXES]
+    candidates = [root / f"{name}{suffix}" for suffix in VIDEO_EXTENSIONS]
     candidates += [root / name, root / "JPEGImages" / "480p" / name]
     for path in candidates:
         if path.is_file() or (path.is_dir() and any(path.iterdir())):

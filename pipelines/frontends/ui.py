@@ -23,6 +23,7 @@ from typing import Any
 
 from sma_guidance.config import SMAConfig
 from sma_guidance.errors import UserError
+from sma_guidance.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 from ..motion_transfer.backbones import model_family
 from ..motion_transfer.models import BUNDLED_MODELS, TINY_MODELS
@@ -57,8 +58,7 @@ _RUN_PREFIX = "sma-guide-run-"
 QUEUE = 8  # runs waiting behind the one running; a submission beyond them is told the page is busy
 MAX_UPLOAD_MB = 200  # a 1080p clip of a minute; the page resamples to a few dozen frames anyway
 AUTH_ENV = "SMA_GUIDE_AUTH"  # USER:PASSWORD, kept out of the shell history
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
-MASK_SUFFIXES = (*VIDEO_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MASK_SUFFIXES = (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS)  # a mask is an image or a video, as `--mask`
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def run_transfer(
     says whose motion to transfer."""
     if not video:
         raise UserError("no input clip: upload a video or pick a bundled sample")
-    check_upload(video, VIDEO_SUFFIXES, "the input clip")
+    check_upload(video, VIDEO_EXTENSIONS, "the input clip")
     check_upload(mask, MASK_SUFFIXES, "the mask")
     check_upload(adapter, (".safetensors",), "the motion adapter")
     values = {name: (int(value) if name in INTEGER_KNOBS else float(value)) for name, value in knobs.items()
