@@ -80,8 +80,9 @@ def main() -> None:
                                                               "(one per frame), white on the subject.")
 @click.option("--mask-box", metavar="X0,Y0,X1,Y1", help="The subject as a box in pixels of the input (instead of --mask).")
 @click.option("--new-scene/--keep-scene", "new_scene", default=None,
-              help="new (experimental): the prompt sets the background too — the run starts from fresh noise (the "
-                   "inversion kept only inside --mask), with the preset's new-scene recipe. [default: keep]")
+              help="new: the prompt sets the background too — all but the subject (--mask, or what stands off a plain "
+                   "background) is repainted in the colour the model draws for the prompt before the inversion. "
+                   "[default: keep]")
 @click.option("--height", type=int, help="Output height, a multiple of 8 (Wan: 16). [default: 320; AnimateDiff: 512; Wan: 480]")
 @click.option("--width", type=int, help="Output width, a multiple of 8 (Wan: 16). [default: 576; AnimateDiff: 512; Wan: 832]")
 @click.option("--steps", type=int, help="Sampling steps (DDIM; Euler for flow-matching Wan). [default: 50]")

@@ -158,15 +158,10 @@ class SMAConfig:
     # reaches past its outline, and cut at the outline the model loses it (pipelines/bench/RESULTS.md, "Subject
     # masks": 0 cells lost the masked object on the shapes model, 2 kept it).
     mask_margin: int = 2
-    # New scene: the prompt sets the background too. The initial latent keeps no inversion (only inside a
-    # mask, when one is given): it is drawn afresh, and the motion comes from the guidance and, in modes
-    # fine-tune / both, the motion adapter. A model's preset may give a new scene its own recipe; each None
-    # keeps the setting above (pipelines/bench/RESULTS.md, "New scenes").
+    # New scene: the prompt sets the background too. Before the inversion, the clip's background (all but
+    # the subject: the mask, or what stands off a plain background) is repainted with the colour the model
+    # draws for the prompt (sma_guidance/scene.py; pipelines/bench/RESULTS.md, "New scenes").
     new_scene: bool = False
-    new_scene_mode: str | None = None
-    new_scene_eta: float | None = None
-    new_scene_learning_rate_start: float | None = None
-    new_scene_learning_rate_end: float | None = None
 
     # Fine-tune (VMC's published recipe + SMA on latent-frame residuals, paper Algorithm 1): VMC's 400
     # steps (SMA: 400-500) on its trainable set.
@@ -279,16 +274,6 @@ class SMAConfig:
             eta=self.generate_eta, guidance_rescale=self.generate_guidance_rescale,
         )
 
-    def for_scene(self) -> "SMAConfig":
-        """This configuration as a run samples it: for a new scene, each ``new_scene_*`` setting that is set in
-        place of its counterpart (the mode, η, the learning rates); otherwise unchanged."""
-        if not self.new_scene:
-            return self
-        chosen = {"mode": self.new_scene_mode, "eta": self.new_scene_eta,
-                  "learning_rate_start": self.new_scene_learning_rate_start,
-                  "learning_rate_end": self.new_scene_learning_rate_end}
-        return self.replace(**{name: value for name, value in chosen.items() if value is not None})
-
     @property
     def num_guided_steps(self) -> int:
         """How many of the first sampling steps are preceded by latent optimization (none in
@@ -383,13 +368,6 @@ class SMAConfig:
             )
         if self.mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
-        if self.new_scene_mode is not None and self.new_scene_mode not in MODES:
-            raise UserError(f"new_scene_mode must be one of {', '.join(MODES)} (got {self.new_scene_mode!r})")
-        if self.new_scene_eta is not None:
-            _require_unit_interval("new_scene_eta", self.new_scene_eta, "0 (deterministic DDIM)", "1 (DDPM-like)")
-        for name in ("new_scene_learning_rate_start", "new_scene_learning_rate_end"):
-            if getattr(self, name) is not None:
-                _require_float(name, getattr(self, name), positive=True)
         if self.residual not in RESIDUALS:
             raise UserError(f"residual must be one of {', '.join(RESIDUALS)} (got {self.residual!r})")
         _require_int("train_steps", self.train_steps, minimum=1)
@@ -581,14 +559,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "generate_eta": 1.0,
         "generate_guidance_scale": 5.0,
         "generate_restarts": 2,
-        # A new scene starts from pure noise, so the motion must come from the model and the guidance: the
-        # motion fine-tune plus the guidance (mode both), DDPM-like steps after the guided ones (the sampler
-        # that draws this model cleanly from noise), and 5x the learning rates, which move the object as far
-        # as the input's (pipelines/bench/RESULTS.md, "New scenes").
-        "new_scene_mode": "both",
-        "new_scene_eta": 1.0,
-        "new_scene_learning_rate_start": 0.06,
-        "new_scene_learning_rate_end": 0.04,
     },
     # A tiny random AnimateDiff (UNetMotionModel) built in code, for tests and smoke runs.
     "tiny-random-animatediff": {

@@ -83,7 +83,8 @@ def test_from_pretrained_without_dtype_samples_like_the_float32_pipeline(pipe):
 
 
 def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
-    """The README's first command, with fewer steps: a real motion transfer with the bundled model."""
+    """The README's first command, with fewer steps: a real motion transfer with the bundled model, onto the
+    background the prompt asks for (the input's is black)."""
     from click.testing import CliRunner
 
     from cli import main
@@ -91,7 +92,8 @@ def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
 
     output = tmp_path / "red_circle_right.sma.mp4"
     sample = Path(__file__).resolve().parents[1] / "samples" / "red_circle_right.mp4"
-    args = [str(sample), "--prompt", "a yellow triangle on a black background", "--model", "shapes", "--side-by-side",
+    args = [str(sample), "--prompt", "a yellow square on a gray background", "--source-prompt",
+            "a red circle moving right on a black background", "--model", "shapes", "--new-scene", "--side-by-side",
             "--strip", "-o", str(output), "--steps", "5", "--inversion-steps", "5", "-q"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -99,6 +101,9 @@ def test_readme_demo_writes_output_side_by_side_and_record(tmp_path):
     comparison, _ = read_frames(tmp_path / "red_circle_right.sma.side_by_side.mp4")
     assert frames.shape == (8, 64, 64, 3) and comparison.shape == (8, 64, 128, 3)
     assert (tmp_path / "red_circle_right.sma.json").is_file()
+    from sma_guidance import metrics
+
+    assert metrics.background_match(frames, "gray") and not metrics.background_match(comparison[:, :, :64], "gray")
     import imageio.v3 as iio
 
     strip = iio.imread(tmp_path / "red_circle_right.sma.strip.png")

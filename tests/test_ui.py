@@ -107,13 +107,15 @@ def test_the_page_runs_in_its_own_folder_removed_with_it():
     assert not folder.exists()
 
 
-def test_the_page_takes_a_subject_box_and_windows():
+def test_the_page_takes_a_subject_box_windows_and_a_new_scene():
     app = build_app("tiny-random", device="cpu")
     knobs = knob_args(**dict(FAST_KNOBS, frames=6, window=4, overlap=1))
-    _, _, record, _ = app.on_run(str(SAMPLE), PROMPT, "", "tiny-random", "zero-shot", None, *knobs, None, "0, 16, 40, 48")
+    _, _, record, _ = app.on_run(str(SAMPLE), PROMPT, "", "tiny-random", "zero-shot", None, *knobs, None, "0, 16, 40, 48",
+                                 True)
     saved = json.loads(Path(record).read_text())
     assert saved["windows"] == [[0, 4], [2, 6]]
     assert saved["config"]["mask_box"] == [0, 16, 40, 48] and saved["config"]["window"] == 4
+    assert saved["config"]["new_scene"] is True and "new_scene" in saved["timings"]
     app.runs_folder.cleanup()
 
 

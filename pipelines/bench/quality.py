@@ -49,9 +49,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "both": {"mode": "both"},
     # Not in the default run: the official SMA code's |δ| residuals, for the signed-vs-abs question.
     "fine-tune + SMA (abs)": {"mode": "fine-tune", "residual": "abs"},
-    # --new-scene: no inversion kept, the preset's recipe (shapes: the motion fine-tune and the guidance).
-    "DMT (new scene)": {"lambda_global": 0.0, "lambda_local": 0.0, "train_lambda_global": 0.0, "train_lambda_local": 0.0,
-                        "new_scene": True},
+    # --new-scene: the clip's background repainted in the model's colour for the prompt, then inverted.
+    "DMT (new scene)": {"lambda_global": 0.0, "lambda_local": 0.0, "new_scene": True},
     "DMT + SMA (new scene)": {"new_scene": True},
 }
 # Sampled with the clip's own caption (source prompt) and scored against it.
@@ -260,7 +259,7 @@ def score(pair: Pair, output: np.ndarray, prompt: str | None = None) -> dict[str
 def method_config(base: SMAConfig, name: str, pair: Pair) -> SMAConfig:
     """``base`` with method ``name``'s settings (``None`` included: it clears a preset's value) and the
     pair's caption as the source prompt."""
-    return dataclasses.replace(base, **METHODS[name]).replace(source_prompt=pair.source_prompt).validate().for_scene()
+    return dataclasses.replace(base, **METHODS[name]).replace(source_prompt=pair.source_prompt).validate()
 
 
 def method_prompt(name: str, pair: Pair) -> str:

@@ -175,13 +175,14 @@ def run_transfer(
     keep_runs: int = KEEP_RUNS,
     mask: str | Path | None = None,
     mask_box: str | None = None,
+    new_scene: bool = False,
 ) -> RunFiles:
     """One run of :func:`~pipelines.motion_transfer.run.transfer` into a new folder under ``runs_folder`` (default: the system's
     temporary folder), with the side-by-side clip, and the trained adapter saved when the run fine-tunes;
     then, in a ``runs_folder`` that was given (a page's own), only the newest ``keep_runs`` run folders are
     kept; the shared temporary folder is never pruned, another process's runs may sit there. ``pipelines``
     caches loaded models across runs. ``mask`` (a file, white on the subject) or ``mask_box`` ("X0,Y0,X1,Y1")
-    says whose motion to transfer."""
+    says whose motion to transfer; ``new_scene`` lets the prompt set the background (``--new-scene``)."""
     if not video:
         raise UserError("no input clip: upload a video or pick a bundled sample")
     check_upload(video, VIDEO_EXTENSIONS, "the input clip")
@@ -191,7 +192,7 @@ def run_transfer(
               if value is not None}
     flags = {"model": (model or "").strip() or None, "source_prompt": source_prompt or None, "mode": mode,
              "adapter": adapter or None, "device": device, "mask": mask or None,
-             "mask_box": (mask_box or "").strip() or None, **values}
+             "mask_box": (mask_box or "").strip() or None, "new_scene": bool(new_scene), **values}
     trains = build_config(None, flags).trains  # fails here, before a folder is made, on bad settings
     # The name starts with the clock so that the folders sort by age.
     folder = Path(tempfile.mkdtemp(prefix=f"{_RUN_PREFIX}{time.time_ns():020d}-", dir=runs_folder))
@@ -227,7 +228,7 @@ def build_app(model: str = "shapes", device: str = "auto", policy: ModelPolicy |
                frames: int | None, steps: int | None, inversion_steps: int | None, guidance_scale: float | None,
                optimization_steps: int | None, lambda_global: float | None, lambda_local: float | None,
                train_steps: int | None, seed: int | None, window: int | None, overlap: int | None,
-               mask: str | None = None, mask_box: str | None = None,
+               mask: str | None = None, mask_box: str | None = None, new_scene: bool = False,
                progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
         knobs = dict(frames=frames, steps=steps, inversion_steps=inversion_steps, guidance_scale=guidance_scale,
                      optimization_steps=optimization_steps, lambda_global=lambda_global, lambda_local=lambda_local,
@@ -235,7 +236,7 @@ def build_app(model: str = "shapes", device: str = "auto", policy: ModelPolicy |
         try:
             policy.check(chosen_model)
             files = run_transfer(video, prompt, source_prompt, chosen_model, mode, adapter, knobs, device, pipelines,
-                                 runs_folder=runs_folder.name, mask=mask, mask_box=mask_box)
+                                 runs_folder=runs_folder.name, mask=mask, mask_box=mask_box, new_scene=new_scene)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 — the page shows a message; the server log keeps the traceback
@@ -259,6 +260,8 @@ def build_app(model: str = "shapes", device: str = "auto", policy: ModelPolicy |
                                            label="Model (or a Hub id / local diffusers folder)" if policy.any_local else "Model",
                                            elem_id="model")
                 mode = gr.Radio(list(MODES), value="zero-shot", label="Mode", elem_id="mode")
+                new_scene = gr.Checkbox(value=False, label="New scene: the prompt sets the background too "
+                                        "(repainted around the subject before the inversion)", elem_id="new-scene")
                 adapter = gr.File(label="Motion adapter to reuse (.safetensors, optional)", file_types=[".safetensors"],
                                   type="filepath", elem_id="adapter")
                 with gr.Accordion("Subject (optional): whose motion to transfer", open=False):
@@ -282,7 +285,7 @@ def build_app(model: str = "shapes", device: str = "auto", policy: ModelPolicy |
                                       visible=False, elem_id="adapter-out")
         sample.change(lambda name: str(samples[name]) if name else None, sample, video)
         chosen_model.change(preset_values, chosen_model, knobs)
-        run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs, mask, mask_box],
+        run.click(on_run, [video, prompt, source_prompt, chosen_model, mode, adapter, *knobs, mask, mask_box, new_scene],
                   [comparison, output, record, adapter_out])
     app.on_run = on_run  # for tests: the handler, without a browser
     app.runs_folder = runs_folder  # lives as long as the page

@@ -45,6 +45,7 @@ from sma_guidance.guidance import classifier_free_guidance
 from sma_guidance.masks import composite, dilate, pool_frames, resize_mask, subject_mask
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.precision import LossScale
+from sma_guidance.scene import border_color, plain_share, repaint_background, subject_alpha
 from sma_guidance.video_io import (
     DEFAULT_FPS, Clip, read_clip, resize_and_crop, select_frames, selected_indices, source_positions,
 )
@@ -72,6 +73,13 @@ EMPTY_SOURCE_PROMPT = (
     "the source prompt is empty: DMT inverts the input and records its reference features conditioned on a "
     "description of it, and without one the motion follows less; describe the input with --source-prompt "
     "(Python: source_prompt=), e.g. \"a red circle moving right on a black background\""
+)
+# --new-scene without a mask finds the subject as what stands off the frame's border colour; below this share
+# of background pixels the clip's background is not plain, and the repaint would keep most of it.
+PLAIN_BACKGROUND_SHARE = 0.5
+NOT_PLAIN_BACKGROUND = (
+    "--new-scene: only {share:.0%} of the clip's pixels match their frame's border colour, so its background is "
+    "not plain and little of it is repainted; give the subject with --mask or --mask-box (Python: mask=, mask_box=)"
 )
 
 
@@ -223,6 +231,16 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             self._windows = saved
 
     def prepare_mask(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int]) -> torch.Tensor | None:
+        """The subject mask ``(F', H, W)`` in [0, 1] at the run's latent frames (:meth:`subject_pixels` pooled
+        over the frames each latent frame packs) and size, on the pipeline's device, or ``None`` without one."""
+        return self._latent_subject(self.subject_pixels(video, mask, config, source_size), config)
+
+    def _latent_subject(self, subject: torch.Tensor | None, config: SMAConfig) -> torch.Tensor | None:
+        if subject is None:
+            return None
+        return pool_frames(subject, self.backbone.latent_frame_groups(self.vae, config.num_frames)).to(self.device)
+
+    def subject_pixels(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int]) -> torch.Tensor | None:
         """The subject mask ``(F, H, W)`` in [0, 1] at the run's frames and size, or ``None`` without one:
         ``mask`` (a path, array or tensor), else ``config.mask`` / ``config.mask_box``. A mask with one frame
         holds for every frame; one per run frame is taken as it is; any other count is matched to the frames
@@ -237,9 +255,29 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         elif isinstance(video, (np.ndarray, torch.Tensor)):
             count = len(video)
             positions = selected_indices(count, DEFAULT_FPS, config.num_frames, config.start, config.duration)
-        fitted = subject_mask(mask, config.mask_box, source_size=source_size, num_frames=config.num_frames,
-                              height=config.height, width=config.width, positions=positions, source_frames=count)
-        return pool_frames(fitted, self.backbone.latent_frame_groups(self.vae, config.num_frames)).to(self.device)
+        return subject_mask(mask, config.mask_box, source_size=source_size, num_frames=config.num_frames,
+                            height=config.height, width=config.width, positions=positions, source_frames=count)
+
+    def repaint_scene(self, frames: torch.Tensor, prompt: str, config: SMAConfig,
+                      subject: torch.Tensor | None = None) -> torch.Tensor:
+        """A new scene's input: frames ``(F, 3, H, W)`` in [-1, 1] with all but the subject repainted in the
+        background colour the model draws for ``prompt`` (:mod:`sma_guidance.scene`). The subject is
+        ``subject`` ``(F, H, W)`` (a mask, 1 on it), or without one what stands off each frame's border colour
+        and does not stand still (:func:`~sma_guidance.scene.subject_alpha`: a plain background; a
+        :class:`UserAdvice` says when the clip's is not). The colour is the border of
+        one :meth:`generate` sample of ``prompt`` (seed ``config.seed``), drawn without restart rounds: on the
+        shapes model closer to the named background than with the preset's two rounds, at a third of the cost
+        (``python -m pipelines.bench.scene_colors``; pipelines/bench/RESULTS.md, "New scenes")."""
+        if subject is None:
+            subject = subject_alpha(frames)
+            share = plain_share(subject)
+            if share < PLAIN_BACKGROUND_SHARE:
+                warnings.warn(NOT_PLAIN_BACKGROUND.format(share=share), UserAdvice, stacklevel=2)
+        # A long clip's colour is drawn at the window's length, the model's native clip.
+        drawn = self.generate(prompt, negative_prompt=config.negative_prompt, num_frames=config.window_frames,
+                              height=config.height, width=config.width, seed=config.seed, restarts=0, output_type="pt")
+        color = border_color(drawn.frames[0].float().cpu() * 2 - 1).median(dim=0).values
+        return repaint_background(frames, subject.to(frames.device), color.to(frames.device))
 
     # ------------------------------------------------------------------------------ helpers
     def _progress(self, total: int, desc: str) -> tqdm:
@@ -511,7 +549,6 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}; see SMAConfig for the settings")
         chosen = config is not None or "inversion_steps" in overrides or explicit.get("inversion_steps") is not None
         config = self.with_feature_layers((config or self.default_config()).replace(**explicit, **overrides).validate())
-        config = config.for_scene()
         self.backbone.check(self, config)
         self.sampler.check_eta(config.eta)
         if chosen:
@@ -717,6 +754,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
                 ``learning_rate_start=0.007``, ``learning_rate_end=0.004``, ``restart_sampling=True``, ``eta=0.0``, ``guidance_rescale=0.0``,
                 ``inversion_steps=999``, ``feature_layers=(...)``, ``feature_normalization="ref-rms"``,
                 ``downsample_factor=4``, ``low_pass_grid=None``, ``inversion_cache=True``, ``cache_dir=None``,
+                ``new_scene=True`` (the prompt sets the background too: :meth:`repaint_scene` before the inversion),
                 ``window`` / ``overlap`` (clips longer than ``window`` frames, the family's native clip, are
                 sampled in windows overlapping by ``overlap``, default a quarter of the window), ``mask_box``, the fine-tune
                 settings ``train_steps=400``, ``train_learning_rate=1e-4``, ``train_weight_decay=1e-2``,
@@ -755,10 +793,15 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
-        # 2. read the clip and the subject's mask (at the latent's frames), plan the temporal windows
+        # 2. read the clip and the subject's mask, repaint a new scene's background, plan the temporal windows
         frames, fps, source_size = self._prepare_video(video, config)
         fps = config.fps or fps
-        subject = self.prepare_mask(video, mask, config, source_size)
+        subject_frames = self.subject_pixels(video, mask, config, source_size)
+        subject = self._latent_subject(subject_frames, config)
+        if config.new_scene:
+            clock_scene = time.perf_counter()
+            frames = self.repaint_scene(frames, prompt, config, subject_frames)
+            timings["new_scene"] = time.perf_counter() - clock_scene
         windows = self.temporal_windows(config)
         timesteps = self.sampling_timesteps(config.num_inference_steps)
 
@@ -767,7 +810,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
             negative, target, source = (
                 self.encode_prompt(text) for text in (config.negative_prompt, prompt, config.source_prompt)
             )
-        timings["prepare"] = time.perf_counter() - clock
+        timings["prepare"] = time.perf_counter() - clock - timings.get("new_scene", 0.0)
         advise_on_source_prompt(config)
 
         loss_history: list[dict[str, Any]] = []
@@ -860,17 +903,14 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         the rest drawn from ``generator`` (:func:`sma_guidance.dmt.initial_latent`). With a subject ``mask``
         ``(F, H, W)``: the exact inversion inside the mask grown by ``config.mask_margin`` latent cells, and
         outside it that initial latent, or fresh noise where the preset keeps the whole inversion, so that the
-        rest of the frame follows the prompt. A new scene (``config.new_scene``) keeps no inversion outside the
-        mask, and none at all without one: the latent is fresh noise."""
+        rest of the frame follows the prompt."""
         if latents is not None:
             return latents.to(self.device, torch.float32)
         noise = torch.randn(inverted.shape, generator=generator).to(self.device)
-        if config.new_scene and mask is None:
-            return noise
         initial = self.initial_latent(inverted, noise, config.downsample_factor, config.low_pass_grid)
         if mask is None:
             return initial
-        outside = noise if initial is inverted or config.new_scene else initial
+        outside = noise if initial is inverted else initial
         inside = dilate(resize_mask(mask.to(inverted.device, torch.float32), tuple(inverted.shape[-2:])), config.mask_margin)
         return composite(inverted, outside, inside)
 

@@ -211,8 +211,7 @@ def _run_record(input_path: Path, output: Path, prompt: str, pipe: Any, config: 
 
 
 def build_config(config_file: Path | None, flags: dict[str, Any], family: str | None = None) -> SMAConfig:
-    """Defaults ← the model family's preset ← the model's preset ← ``--config`` file ← flags, validated, then
-    a new scene's recipe (:meth:`SMAConfig.for_scene`).
+    """Defaults ← the model family's preset ← the model's preset ← ``--config`` file ← flags, validated.
     The family is detected from the model's ``model_index.json`` unless given (a loaded pipeline's)."""
     file_values = SMAConfig.read_file(config_file) if config_file is not None else {}
     fields = {FLAG_FIELDS.get(name, name): value for name, value in flags.items() if value is not None}
@@ -229,9 +228,7 @@ def build_config(config_file: Path | None, flags: dict[str, Any], family: str | 
         from .backbones import model_family
 
         family = model_family(model, fields.get("motion_adapter") or file_values.get("motion_adapter"))
-    # A new scene's recipe (the preset's new_scene_* settings) is part of what the run is: its mode decides
-    # whether an adapter is trained (--save-adapter) before the model loads.
-    return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate().for_scene()
+    return SMAConfig.for_model(model, family=family, **file_values).replace(**fields).validate()
 
 
 def parse_box(value: Any) -> tuple[float, ...]:
