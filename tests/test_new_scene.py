@@ -74,7 +74,7 @@ def test_components_are_the_8_connected_regions():
 
 def test_a_new_scene_is_painted_in_the_border_colour_of_the_models_own_sample():
     pipe = quiet_pipeline("tiny-random")
-    config = pipe.default_config().replace(num_frames=4, seed=5, new_scene=True)
+    config = pipe.default_config().replace(num_frames=4, height=32, width=32, seed=5, new_scene=True)
     frames = _tensor(shapes.render_path(np.stack([np.linspace(20, 40, 4), np.full(4, 32.0)], 1), "circle",
                                         "yellow", 14.0, "black"))
     frames = torch.nn.functional.interpolate(frames, size=(config.height, config.width), mode="nearest")
@@ -143,8 +143,8 @@ def test_the_colour_benchmark_measures_the_colour_the_repaint_takes():
     from pipelines.bench.scene_colors import drawn_color
 
     pipe = quiet_pipeline("tiny-random")
-    config = pipe.default_config().replace(num_frames=4, seed=9)
+    config = pipe.default_config().replace(num_frames=4, height=32, width=32, seed=9)
     frames = -torch.ones(4, 3, config.height, config.width)  # all background
     painted = pipe.repaint_scene(frames, "a dog in snow", config)
-    measured = drawn_color(pipe, "a dog in snow", seed=9, restarts=0, num_frames=4)
+    measured = drawn_color(pipe, "a dog in snow", seed=9, restarts=0, num_frames=4, height=32, width=32)
     assert np.allclose((painted[0, :, 0, 0].numpy() + 1) * 127.5, measured, atol=1e-3)
