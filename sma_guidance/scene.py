@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BORDER", "border_color", "components", "plain_share", "repaint_background", "still_pixels", "subject_alpha"]
+__all__ = ["BORDER", "border_color", "clip_border_color", "components", "plain_share", "repaint_background", "still_pixels", "subject_alpha"]
 
 BORDER = 2  # width in pixels of the ring a frame's background colour is read from
 # Distances from the background colour, in RGB levels (0-255, the largest channel's): below the first a
@@ -34,6 +34,11 @@ def border_color(frames: torch.Tensor) -> torch.Tensor:
     """Each frame's background colour ``(F, 3)``: the per-channel median of its outer ring (a subject rarely
     touches all four edges, so most of the ring is background)."""
     return border_pixels(frames).median(dim=2).values
+
+
+def clip_border_color(frames: torch.Tensor) -> torch.Tensor:
+    """One colour ``(3,)`` for a whole clip: the per-channel median over frames of :func:`border_color`."""
+    return border_color(frames).median(dim=0).values
 
 
 def _off_background(frames: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sma_guidance import shapes
-from sma_guidance.scene import border_color
+from sma_guidance.scene import clip_border_color
 
 # (label, generate() settings): the repaint's, the preset's text-to-video sampler, and fewer steps.
 SAMPLERS = (
@@ -29,7 +29,7 @@ OBJECTS = (("red", "circle"), ("white", "square"), ("blue", "triangle"), ("yello
 def drawn_color(pipe, prompt: str, seed: int, **settings) -> np.ndarray:
     """The repaint's colour for ``prompt`` (RGB 0-255): the median over frames of each frame's border colour."""
     frames = pipe.generate(prompt, seed=seed, output_type="pt", **settings).frames[0].float().cpu()
-    return ((border_color(frames * 2 - 1).median(dim=0).values + 1) * 127.5).numpy()
+    return ((clip_border_color(frames * 2 - 1) + 1) * 127.5).numpy()
 
 
 def table(pipe, seeds: int = 1) -> str:

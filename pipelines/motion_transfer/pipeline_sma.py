@@ -45,7 +45,7 @@ from sma_guidance.guidance import classifier_free_guidance
 from sma_guidance.masks import composite, dilate, pool_frames, resize_mask, subject_mask
 from sma_guidance.memory import activation_checkpointing, checkpoint_units
 from sma_guidance.precision import LossScale
-from sma_guidance.scene import border_color, plain_share, repaint_background, subject_alpha
+from sma_guidance.scene import clip_border_color, plain_share, repaint_background, subject_alpha
 from sma_guidance.video_io import (
     DEFAULT_FPS, Clip, read_clip, resize_and_crop, select_frames, selected_indices, source_positions,
 )
@@ -276,7 +276,7 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         # A long clip's colour is drawn at the window's length, the model's native clip.
         drawn = self.generate(prompt, negative_prompt=config.negative_prompt, num_frames=config.window_frames,
                               height=config.height, width=config.width, seed=config.seed, restarts=0, output_type="pt")
-        color = border_color(drawn.frames[0].float().cpu() * 2 - 1).median(dim=0).values
+        color = clip_border_color(drawn.frames[0].float().cpu() * 2 - 1)
         return repaint_background(frames, subject.to(frames.device), color.to(frames.device))
 
     # ------------------------------------------------------------------------------ helpers
