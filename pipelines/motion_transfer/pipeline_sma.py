@@ -230,12 +230,9 @@ class SMAMotionTransferPipeline(DiffusionPipeline):
         finally:
             self._windows = saved
 
-    def prepare_mask(self, video: VideoInput, mask: MaskInput, config: SMAConfig, source_size: tuple[int, int]) -> torch.Tensor | None:
-        """The subject mask ``(F', H, W)`` in [0, 1] at the run's latent frames (:meth:`subject_pixels` pooled
-        over the frames each latent frame packs) and size, on the pipeline's device, or ``None`` without one."""
-        return self._latent_subject(self.subject_pixels(video, mask, config, source_size), config)
-
     def _latent_subject(self, subject: torch.Tensor | None, config: SMAConfig) -> torch.Tensor | None:
+        """The subject mask :meth:`subject_pixels` gives, pooled over the frames each latent frame packs
+        (``(F', H, W)``), on the pipeline's device; ``None`` stays ``None``."""
         if subject is None:
             return None
         return pool_frames(subject, self.backbone.latent_frame_groups(self.vae, config.num_frames)).to(self.device)
